@@ -1,0 +1,15 @@
+"""soensim: hardware-aware simulation and training of physical recurrent networks."""
+from .profiles import PRESETS, HardwareProfile, ProfileError
+from .timescales import (
+    bias_to_tau,
+    decay,
+    from_seconds,
+    gate_timescale_steps,
+    one_minus_decay,
+    soen_time_unit,
+    tau_to_bias,
+    timescale_steps,
+    to_seconds,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,248 @@
+"""Hardware profiles: validated, immutable descriptions of a physical substrate.
+
+Times are in seconds. A profile says which time constants can be fabricated
+(a range or a discrete set), how much they spread from device to device, how
+strong couplings may be, how finely weights are stored, how noisy the substrate
+is, and which parameter roles may still be trained in hardware.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from .timescales import tau_to_bias
+
+#: Parameter roles a profile can mark trainable.
+#: ``weights``: input/recurrent couplings; ``update_bias``: the time-constant gate bias;
+#: ``reset_bias``/``candidate_bias``: the GRU's other biases; ``flux_offset``/``bias_current``: SOEN knobs.
+ROLES = ("weights", "update_bias", "reset_bias", "candidate_bias", "flux_offset", "bias_current")
+
+
+class ProfileError(ValueError):
+    """A hardware-profile field is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """What a physical recurrent substrate can realise.
+
+    Attributes:
+        name: label used in reports.
+        dt: simulation/sampling step in seconds (> 0).
+        tau_range: ``(tau_min, tau_max)`` in seconds of fabricable time constants, or None.
+        tau_values: discrete fabricated time constants in seconds, or None. At most one of
+            ``tau_range``/``tau_values`` may be given; neither means time constants are free
+            (a software model).
+        tau_spread: relative device-to-device standard deviation of tau (0 ≤ σ < 1).
+        coupling_max: bound ``|J| ≤ J_max`` on every coupling weight, or None for unbounded.
+        weight_levels: number of evenly spaced stored weight levels in ``[-J_max, J_max]``
+            (≥ 2, needs ``coupling_max``), or None for continuous weights.
+        flux_noise: standard deviation of additive input (flux) noise per step, in Φ0.
+        state_noise: standard deviation of additive state noise per step (dimensionless).
+        trainable: the parameter roles (see :data:`ROLES`) that may be trained.
+        reset_bias: value the GRU reset-gate bias is frozen at when ``reset_bias`` is not
+            trainable.
+    """
+
+    name: str = "custom"
+    dt: float = 1e-10
+    tau_range: tuple[float, float] | None = None
+    tau_values: tuple[float, ...] | None = None
+    tau_spread: float = 0.0
+    coupling_max: float | None = None
+    weight_levels: int | None = None
+    flux_noise: float = 0.0
+    state_noise: float = 0.0
+    trainable: frozenset[str] = field(default_factory=lambda: frozenset(ROLES))
+    reset_bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        if not isinstance(self.name, str) or not self.name:
+            raise ProfileError(f"name must be a non-empty string; got {self.name!r}")
+        set_("dt", _positive_float("dt", self.dt))
+        if self.tau_range is not None and self.tau_values is not None:
+            raise ProfileError("give at most one of tau_range and tau_values")
+        if self.tau_range is not None:
+            rng = _float_tuple("tau_range", self.tau_range)
+            if len(rng) != 2:
+                raise ProfileError(f"tau_range must be (tau_min, tau_max) in seconds; got {self.tau_range!r}")
+            lo, hi = rng
+            for label, v in (("tau_range[0] (tau_min)", lo), ("tau_range[1] (tau_max)", hi)):
+                _check_tau(label, v, self.dt)
+            if hi < lo:
+                raise ProfileError(f"tau_range must satisfy tau_min ≤ tau_max; got ({lo:g}, {hi:g}) s")
+            set_("tau_range", (lo, hi))
+        if self.tau_values is not None:
+            vals = _float_tuple("tau_values", self.tau_values)
+            if not vals:
+                raise ProfileError("tau_values must hold at least one time constant")
+            for i, v in enumerate(vals):
+                _check_tau(f"tau_values[{i}]", v, self.dt)
+            set_("tau_values", tuple(sorted(vals)))
+        set_("tau_spread", _float_in("tau_spread", self.tau_spread, 0.0, 1.0, hi_open=True))
+        if self.coupling_max is not None:
+            set_("coupling_max", _positive_float("coupling_max", self.coupling_max))
+        if self.weight_levels is not None:
+            if isinstance(self.weight_levels, bool) or not isinstance(self.weight_levels, int):
+                raise ProfileError(f"weight_levels must be an int ≥ 2 or None; got {self.weight_levels!r}")
+            if self.weight_levels < 2:
+                raise ProfileError(f"weight_levels must be ≥ 2; got {self.weight_levels}")
+            if self.coupling_max is None:
+                raise ProfileError("weight_levels needs coupling_max (levels span [-coupling_max, coupling_max])")
+        set_("flux_noise", _float_in("flux_noise", self.flux_noise, 0.0, math.inf))
+        set_("state_noise", _float_in("state_noise", self.state_noise, 0.0, math.inf))
+        if isinstance(self.trainable, str):
+            raise ProfileError(f"trainable must be a collection of roles from {ROLES}; got the string {self.trainable!r}")
+        roles = frozenset(self.trainable)
+        unknown = sorted(roles - set(ROLES))
+        if unknown:
+            raise ProfileError(f"trainable has unknown roles {unknown}; allowed: {list(ROLES)}")
+        set_("trainable", roles)
+        set_("reset_bias", _float_in("reset_bias", self.reset_bias, -math.inf, math.inf))
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def fixed_time_constants(self) -> bool:
+        """True when time constants are set at fabrication (a range or a discrete set)."""
+        return self.tau_range is not None or self.tau_values is not None
+
+    def unit_taus(self, n: int, seed: int = 0, *, spread: bool = False) -> Tensor:
+        """Design time constants (seconds, float64, shape ``(n,)``) for ``n`` units.
+
+        A range is covered log-uniformly (evenly spaced in log tau, then shuffled);
+        a discrete set is assigned round-robin, then shuffled. ``spread=True`` multiplies
+        each by ``1 + tau_spread * N(0, 1)`` (clipped to stay ≥ dt). Reproducible from ``seed``.
+        """
+        if not self.fixed_time_constants:
+            raise ProfileError(f"profile {self.name!r} has no fabricated time constants (tau_range/tau_values)")
+        if n < 1:
+            raise ValueError(f"n must be ≥ 1; got {n}")
+        gen = torch.Generator().manual_seed(seed)
+        if self.tau_range is not None:
+            lo, hi = self.tau_range
+            grid = torch.linspace(math.log(lo), math.log(hi), n, dtype=torch.float64).exp()
+        else:
+            vals = torch.tensor(self.tau_values, dtype=torch.float64)
+            grid = vals[torch.arange(n) % len(vals)]
+        taus = grid[torch.randperm(n, generator=gen)]
+        if spread and self.tau_spread > 0:
+            noise = torch.randn(n, generator=gen, dtype=torch.float64)
+            taus = (taus * (1 + self.tau_spread * noise)).clamp_min(self.dt)
+        return taus
+
+    def unit_biases(self, n: int, seed: int = 0, *, spread: bool = False, dt: float | None = None) -> Tensor:
+        """Update-gate biases (float64, ``(n,)``) implied by :meth:`unit_taus` at step ``dt`` (default ``self.dt``)."""
+        return tau_to_bias(self.unit_taus(n, seed, spread=spread), self.dt if dt is None else dt)
+
+    def replace(self, **changes: Any) -> "HardwareProfile":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready dict (tuples as lists, roles sorted)."""
+        d = dataclasses.asdict(self)
+        d["trainable"] = sorted(self.trainable)
+        for k in ("tau_range", "tau_values"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "HardwareProfile":
+        """Build from :meth:`to_dict` output; unknown keys are an error."""
+        if not isinstance(data, Mapping):
+            raise ProfileError(f"profile data must be a mapping; got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ProfileError(f"unknown profile fields {unknown}; allowed: {sorted(known)}")
+        kw = dict(data)
+        for k in ("tau_range", "tau_values"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(kw[k])
+        if "trainable" in kw:
+            if isinstance(kw["trainable"], str):
+                raise ProfileError("trainable must be a list of roles, not a string")
+            kw["trainable"] = frozenset(kw["trainable"])
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "HardwareProfile":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "HardwareProfile":
+        """A named preset (see :data:`PRESETS`), optionally with fields overridden."""
+        if name not in PRESETS:
+            raise ProfileError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+        return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+
+def _positive_float(label: str, v: Any) -> float:
+    f = _float_in(label, v, 0.0, math.inf)
+    if f <= 0:
+        raise ProfileError(f"{label} must be > 0; got {v!r}")
+    return f
+
+
+def _float_in(label: str, v: Any, lo: float, hi: float, hi_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ProfileError(f"{label} must be a number; got {type(v).__name__} {v!r}")
+    f = float(v)
+    if math.isnan(f) or f < lo or f > hi or (hi_open and f >= hi) or (math.isinf(f) and not math.isinf(hi)):
+        bracket = ")" if hi_open else "]"
+        raise ProfileError(f"{label} must be in [{lo:g}, {hi:g}{bracket}; got {v!r}")
+    return f
+
+
+def _float_tuple(label: str, v: Any) -> tuple[float, ...]:
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+        raise ProfileError(f"{label} must be a sequence of times in seconds; got {v!r}")
+    return tuple(_float_in(f"{label} entry", x, -math.inf, math.inf) for x in v)
+
+
+def _check_tau(label: str, v: float, dt: float) -> None:
+    if not v > 0:
+        raise ProfileError(f"{label} must be > 0 s; got {v:g}")
+    if v < dt:
+        raise ProfileError(f"{label} must be ≥ dt = {dt:g} s (a unit cannot be faster than its sampling step); got {v:g}")
+
+
+_NS = 1e-9
+_HARDWARE_ROLES = frozenset({"weights", "candidate_bias", "flux_offset", "bias_current"})
+
+#: Named presets. SOEN values follow DESIGN §3.2–3.3 (dendrite τ = L/r of 10–1000 ns at Δt = 0.1 ns,
+#: practical coupling |J| ≤ 0.5, fabrication spread ~5 %).
+PRESETS: dict[str, HardwareProfile] = {
+    "software": HardwareProfile(name="software", dt=1.0),
+    "soen-dendrite": HardwareProfile(
+        name="soen-dendrite",
+        dt=0.1 * _NS,
+        tau_range=(10 * _NS, 1000 * _NS),
+        tau_spread=0.05,
+        coupling_max=0.5,
+        trainable=_HARDWARE_ROLES,
+    ),
+    "soen-fabricated": HardwareProfile(
+        name="soen-fabricated",
+        dt=0.1 * _NS,
+        tau_values=(10 * _NS, 50 * _NS, 250 * _NS, 1000 * _NS),
+        tau_spread=0.05,
+        coupling_max=0.5,
+        weight_levels=16,
+        trainable=_HARDWARE_ROLES,
+    ),
+}
+
+__all__ = ["HardwareProfile", "PRESETS", "ProfileError", "ROLES"]
