@@ -1,0 +1,108 @@
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from soensim.profiles import PRESETS, ROLES, HardwareProfile, ProfileError
+from soensim.timescales import tau_to_bias
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip_json(name):
+    p = HardwareProfile.preset(name)
+    assert HardwareProfile.from_json(p.to_json()) == p
+    assert HardwareProfile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_soen_preset_values():
+    p = HardwareProfile.preset("soen-dendrite")
+    assert p.dt == pytest.approx(1e-10)
+    assert p.tau_range == pytest.approx((1e-8, 1e-6))
+    assert p.coupling_max == 0.5
+    assert "update_bias" not in p.trainable and "weights" in p.trainable
+    sw = HardwareProfile.preset("software")
+    assert not sw.fixed_time_constants and sw.coupling_max is None and sw.trainable == frozenset(ROLES)
+
+
+def test_immutable():
+    p = HardwareProfile.preset("soen-dendrite")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.dt = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(dt=0.0), "dt"),
+        (dict(dt=-1.0), "dt"),
+        (dict(dt="1ns"), "dt"),
+        (dict(dt=1.0, tau_range=(0.0, 10.0)), "tau_range[0]"),
+        (dict(dt=1.0, tau_range=(0.5, 10.0)), "tau_range[0]"),
+        (dict(dt=1.0, tau_range=(10.0, 5.0)), "tau_min ≤ tau_max"),
+        (dict(dt=1.0, tau_range=(2.0,)), "tau_range"),
+        (dict(dt=1.0, tau_values=(5.0, -1.0)), "tau_values[1]"),
+        (dict(dt=1.0, tau_values=()), "tau_values"),
+        (dict(dt=1.0, tau_range=(2.0, 3.0), tau_values=(2.0,)), "at most one"),
+        (dict(tau_spread=1.5), "tau_spread"),
+        (dict(tau_spread=-0.1), "tau_spread"),
+        (dict(coupling_max=0.0), "coupling_max"),
+        (dict(coupling_max=math.nan), "coupling_max"),
+        (dict(weight_levels=16), "weight_levels needs coupling_max"),
+        (dict(coupling_max=0.5, weight_levels=1), "weight_levels"),
+        (dict(coupling_max=0.5, weight_levels=4.0), "weight_levels"),
+        (dict(flux_noise=-1e-3), "flux_noise"),
+        (dict(trainable={"weights", "gain"}), "unknown roles"),
+        (dict(trainable="weights"), "trainable"),
+        (dict(name=""), "name"),
+    ],
+)
+def test_validation_names_field(kwargs, field):
+    with pytest.raises(ProfileError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        HardwareProfile(**kwargs)
+
+
+def test_unknown_preset_and_fields():
+    with pytest.raises(ProfileError, match="known presets"):
+        HardwareProfile.preset("loihi")
+    with pytest.raises(ProfileError, match="unknown profile fields"):
+        HardwareProfile.from_dict({"dt": 1.0, "tau": 3.0})
+    with pytest.raises(ProfileError, match="mapping"):
+        HardwareProfile.from_dict([("dt", 1.0)])  # type: ignore[arg-type]
+
+
+def test_replace_revalidates():
+    p = HardwareProfile.preset("soen-dendrite")
+    with pytest.raises(ProfileError, match="dt"):
+        p.replace(dt=1e-7)  # now tau_min (10 ns) < dt
+    assert p.replace(coupling_max=0.2).coupling_max == 0.2
+    assert HardwareProfile.preset("soen-dendrite", tau_spread=0.1).tau_spread == 0.1
+
+
+def test_unit_taus_range_is_log_uniform_grid_and_seeded():
+    p = HardwareProfile.preset("soen-dendrite")
+    t = p.unit_taus(181, seed=3)
+    assert torch.equal(t, p.unit_taus(181, seed=3))
+    assert not torch.equal(t, p.unit_taus(181, seed=4))
+    s = torch.sort(t).values
+    torch.testing.assert_close(s, torch.logspace(-8, -6, 181, dtype=torch.float64), rtol=1e-12, atol=0)
+    b = p.unit_biases(181, seed=3)
+    torch.testing.assert_close(b, tau_to_bias(t, 1e-10))
+    # a different training step changes the biases, not the taus
+    assert (p.unit_biases(181, seed=3, dt=1e-9) < b).all()
+
+
+def test_unit_taus_discrete_set_and_spread():
+    p = HardwareProfile.preset("soen-fabricated")
+    t = p.unit_taus(100, seed=0)
+    vals, counts = torch.unique(t, return_counts=True)
+    assert torch.allclose(vals, torch.tensor(p.tau_values, dtype=torch.float64))
+    assert counts.tolist() == [25, 25, 25, 25]
+    spread = p.replace(tau_spread=0.1).unit_taus(20000, seed=1, spread=True)
+    design = p.unit_taus(20000, seed=1)
+    rel = spread / design - 1
+    assert rel.std().item() == pytest.approx(0.1, rel=0.05)
+    assert abs(rel.mean().item()) < 0.005
+    with pytest.raises(ProfileError, match="no fabricated time constants"):
+        HardwareProfile.preset("software").unit_taus(4)
