@@ -1,0 +1,6 @@
+"""``python -m studies`` = ``soensim-study``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,296 @@
+"""Study ``scifar-bias``: the s-CIFAR GRU gate-bias ablation (papers/001) and its hardware extension.
+
+Rows
+----
+Software (papers/001):
+
+- ``baseline``: standard GRU, b_z = b_r = +1 at init (in ``bias_ih`` only), all biases learnable;
+- ``ablated``: b_z = b_r frozen at 0, b_n learnable;
+- ``chrono``: chrono init of b_z (``log U[1, T_max - 1]``, T_max = sequence length), learnable.
+
+Under a hardware profile (``soen-dendrite``: τ ∈ [10 ns, 1 µs], |W| ≤ J_max = 0.5 on the GRU's
+input and recurrent weights, b_r frozen at 0, b_n trainable; the linear read-out stays software),
+applied by :func:`soensim.constraints.constrain`:
+
+- ``baseline-hw``: b_z frozen at the profile's physical τ (log-uniform over the range);
+- ``ablated-hw``: b_z frozen at 0 (τ = Δt / ln 2): the ablation with no way to inflate W_hz
+  past J_max;
+- ``chrono-hw``: b_z frozen at its chrono draw (chrono as a choice of fabricated τ).
+
+Gate variants (software, papers/002 mechanisms on the same GRU): ``gate-U``, ``gate-R``,
+``gate-UR``, ``gate-SST``. (The ``-`` variant is ``baseline``.)
+
+The full preset adds a J_max sweep: ``<row>-hw-J<j>`` for j in 0.1, 0.25, 1.0 besides the
+profile's 0.5.
+
+Time step under a profile: one pixel is one step; by default one image lasts 1024 profile
+steps (``hw_dt = profile.dt · 1024 / T``), so the full 32×32 sequence uses Δt = 0.1 ns
+(τ/Δt from 100 to 10,000 steps) and a 16×16 one Δt = 0.4 ns (25 to 2,500 steps): the
+time constants keep the same ratio to the length of an image. ``--set hw_dt=SECONDS``
+chooses another.
+
+Images: grayscale (ITU-R 601 luma) unless ``channels=3``, downsampled by block averaging to
+``image_size``, scanned row by row (left to right, top to bottom), scaled to [0, 1] and
+standardized with the training split's mean and standard deviation. The validation split is
+a stratified ``val_size`` draw from the training set with a fixed seed (0), the same for every
+run; ``train_subset``/``test_subset`` are stratified subsets with the same fixed seed.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import grid, plots
+from .models import build_model
+from .train import ArraySplit, ConfigError, RunConfig, TaskData
+
+NAME = "scifar-bias"
+DESCRIPTION = "s-CIFAR-10 GRU gate-bias ablation (papers/001), software vs SOEN hardware profile, gate variants"
+HW = "soen-dendrite"
+SPLIT_SEED = 0
+
+SOFTWARE_ROWS: dict[str, dict[str, Any]] = {
+    "baseline": {"gate": "-", "bias_mode": "learnable"},
+    "ablated": {"gate": "-", "bias_mode": "frozen-zero"},
+    "chrono": {"gate": "C"},
+}
+HARDWARE_ROWS: dict[str, dict[str, Any]] = {
+    "baseline-hw": {"gate": "-", "profile": HW, "hw_bias": "profile"},
+    "ablated-hw": {"gate": "-", "bias_mode": "frozen-zero", "profile": HW, "hw_bias": "zero"},
+    "chrono-hw": {"gate": "C", "profile": HW, "hw_bias": "init"},
+}
+GATE_ROWS: dict[str, dict[str, Any]] = {f"gate-{g}": {"gate": g} for g in ("U", "R", "UR", "SST")}
+J_SWEEP = (0.1, 0.25, 1.0)
+
+
+def _sweep() -> dict[str, dict[str, Any]]:
+    rows = {}
+    for name, spec in HARDWARE_ROWS.items():
+        for j in J_SWEEP:
+            rows[f"{name}-J{j:g}"] = {**spec, "coupling_max": j}
+    return rows
+
+
+PAPER = dict(  # papers/001 protocol; batch size from papers/002 App. D (001 does not state it)
+    task="scifar", image_size=32, channels=1, hidden=181, head="linear", optimizer="adamw", lr=5e-4, lr_min=1e-5,
+    weight_decay=0.01, schedule="cosine-epoch", epochs=40, batch_size=50, clip_norm=1.0, orthogonal_hh=True,
+    val_size=5000, update_bias_init=1.0,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "base": {**PAPER, "task": "fake-images", "image_size": 4, "hidden": 8, "epochs": 1, "batch_size": 32,
+                 "lr": 3e-3, "schedule": "cosine", "val_size": 40, "train_subset": 160, "test_subset": 60,
+                 "eval_batch_size": 100, "gate_stats_size": 32, "log_every": 1, "progress": False},
+        "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS},
+        "seeds": 1,
+        "notes": "smoke: synthetic 4×4 images (16 steps), H=8, 1 epoch — plumbing only.",
+    },
+    "quick": {
+        "base": {**PAPER, "image_size": 16, "hidden": 64, "epochs": 3, "lr": 2e-3, "schedule": "cosine",
+                 "val_size": 1000, "train_subset": 6000, "test_subset": 2000, "gate_stats_size": 128,
+                 "log_every": 5},
+        "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS},
+        "seeds": 1,
+        "notes": ("quick: CIFAR-10 grayscale downsampled to 16×16 (256 steps), 6,000 training images "
+                  "(stratified), 1,000 validation, 2,000 test, GRU H=64 + linear head, AdamW lr 2e-3 cosine "
+                  "(per step) to 1e-5 over 3 epochs, batch 50, clip 1.0, 1 seed. Hardware: soen-dendrite, "
+                  "Δt = 0.4 ns per pixel (one image = 1024 × 0.1 ns)."),
+    },
+    "full": {
+        "base": dict(PAPER),
+        "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS, **_sweep()},
+        "seeds": 1,
+        "notes": ("full: papers/001 protocol — grayscale 32×32 (1024 steps), GRU H=181 + linear head "
+                  "(101,732 parameters), orthogonal W_hh, AdamW lr 5e-4 cosine (per epoch) to 1e-5 over "
+                  "40 epochs, weight decay 0.01, batch 50, clip 1.0; 45,000/5,000 train/validation split. "
+                  "Hardware: soen-dendrite at Δt = 0.1 ns per pixel, J_max sweep 0.1/0.25/0.5/1.0."),
+    },
+}
+
+
+def row_names(preset: str) -> list[str]:
+    return list(PRESETS[preset]["rows"])
+
+
+def notes(preset: str) -> str:
+    return PRESETS[preset].get("notes", "")
+
+
+def runs(preset: str, seeds: int | None = None, overrides: Sequence[str] = (),
+         rows: Sequence[str] | None = None) -> list[RunConfig]:
+    return grid.preset_grid(NAME, PRESETS, preset, seeds, overrides, rows)
+
+
+def build(cfg: RunConfig) -> tuple[nn.Module, TaskData]:
+    data = image_task(cfg)
+    return build_model(cfg, data.input_size, data.num_outputs, data.seq_len), data
+
+
+# --------------------------------------------------------------------------- images
+def to_sequences(images: Tensor, size: int, channels: int, permute: bool = False) -> Tensor:
+    """uint8/float images (N, 3, H, W) in [0, 255] → float sequences (N, size², channels) in [0, 1].
+
+    ``channels=1``: ITU-R 601 luma ``0.299 R + 0.587 G + 0.114 B``. Downsampling by block
+    averaging (``size`` must divide H). Row-major scan; ``permute``: bit-reversal order
+    (papers/002 App. D).
+    """
+    x = images.float() / 255.0
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 3, H, W) or (N, 1, H, W); got {tuple(images.shape)}")
+    if channels == 1 and x.shape[1] == 3:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif channels == 3 and x.shape[1] != 3:
+        raise ConfigError("channels=3 needs RGB images")
+    elif channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3; got {channels}")
+    if x.shape[-1] != size:
+        if x.shape[-1] % size:
+            raise ConfigError(f"image_size {size} must divide the image side {x.shape[-1]}")
+        x = nn.functional.avg_pool2d(x, x.shape[-1] // size)
+    seq = x.flatten(2).transpose(1, 2).contiguous()  # (N, T, C)
+    if permute:
+        seq = seq[:, bit_reversal_permutation(seq.shape[1])]
+    return seq
+
+
+def bit_reversal_permutation(n: int) -> Tensor:
+    """Index order that reverses the bits of each position (for n not a power of two, the
+    power-of-two permutation with out-of-range entries dropped)."""
+    bits = max(1, math.ceil(math.log2(n)))
+    idx = torch.arange(1 << bits)
+    rev = torch.zeros_like(idx)
+    for b in range(bits):
+        rev |= ((idx >> b) & 1) << (bits - 1 - b)
+    return rev[rev < n]
+
+
+def stratified_indices(labels: Tensor, n: int, seed: int) -> Tensor:
+    """``n`` indices drawn without replacement, class proportions kept (largest-remainder)."""
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    g = torch.Generator().manual_seed(seed)
+    classes, counts = labels.unique(return_counts=True)
+    quota = counts.double() * n / len(labels)
+    take = quota.floor().long()
+    rest = n - int(take.sum())
+    if rest > 0:
+        order = torch.argsort(quota - take, descending=True, stable=True)
+        take[order[:rest]] += 1
+    picks = []
+    for c, k in zip(classes.tolist(), take.tolist()):
+        members = (labels == c).nonzero().flatten()
+        picks.append(members[torch.randperm(len(members), generator=g)[:k]])
+    return torch.cat(picks).sort().values
+
+
+def split_train_val(labels: Tensor, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor, Tensor]:
+    """Stratified (train indices, validation indices)."""
+    val = stratified_indices(labels, val_size, seed) if val_size > 0 else torch.zeros(0, dtype=torch.long)
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[val] = False
+    return mask.nonzero().flatten(), val
+
+
+def fake_images(n: int, classes: int = 10, side: int = 32, seed: int = 1234) -> tuple[Tensor, Tensor]:
+    """Synthetic RGB images (N, 3, side, side) uint8: one smooth random pattern per class + noise.
+
+    Learnable in a few steps; for smoke tests without CIFAR.
+    """
+    g = torch.Generator().manual_seed(seed)
+    protos = nn.functional.interpolate(torch.rand(classes, 3, 4, 4, generator=g), size=(side, side), mode="bilinear",
+                                       align_corners=False)
+    y = torch.arange(n) % classes
+    y = y[torch.randperm(n, generator=g)]
+    x = protos[y] + 0.15 * torch.randn(n, 3, side, side, generator=g)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
+
+
+def image_task(cfg: RunConfig) -> TaskData:
+    """Train/val/test sequence splits for ``cfg.task`` in ``{"scifar", "fake-images"}``."""
+    if cfg.task == "fake-images":
+        tr_x, tr_y = fake_images(400, seed=1234)
+        te_x, te_y = fake_images(200, seed=4321)
+        source = "synthetic images (studies.bias_ablation.fake_images)"
+    elif cfg.task == "scifar":
+        tr_x, tr_y, te_x, te_y, source = load_cifar10(cfg.data_dir)
+    else:
+        raise ConfigError(f"study {NAME} runs task 'scifar' or 'fake-images'; got {cfg.task!r}")
+    train_idx, val_idx = split_train_val(tr_y, cfg.val_size)
+    if cfg.train_subset is not None:
+        train_idx = train_idx[stratified_indices(tr_y[train_idx], cfg.train_subset, SPLIT_SEED)]
+    test_idx = torch.arange(len(te_y))
+    if cfg.test_subset is not None:
+        test_idx = stratified_indices(te_y, cfg.test_subset, SPLIT_SEED)
+    seq = functools.partial(to_sequences, size=cfg.image_size, channels=cfg.channels, permute=cfg.permute)
+    x_train = seq(tr_x[train_idx])
+    mean = x_train.mean(dim=(0, 1), keepdim=True)
+    std = x_train.std(dim=(0, 1), keepdim=True).clamp_min(1e-6)
+    norm = lambda x: ((x - mean) / std).contiguous()  # noqa: E731
+    train = ArraySplit(norm(x_train), tr_y[train_idx].long())
+    val = ArraySplit(norm(seq(tr_x[val_idx])), tr_y[val_idx].long()) if len(val_idx) else None
+    test = ArraySplit(norm(seq(te_x[test_idx])), te_y[test_idx].long())
+    T = cfg.image_size ** 2
+    return TaskData(train, val, test, objective="classify", num_outputs=10, input_size=cfg.channels, seq_len=T,
+                    info={"source": source, "train": len(train), "val": len(val) if val else 0, "test": len(test),
+                          "seq_len": T, "channels": cfg.channels, "permute": cfg.permute})
+
+
+# =========================================================================== wiring
+def load_cifar10(data_dir: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
+    """CIFAR-10 train and test images (N, 3, 32, 32) uint8 and labels, via ``studies.data``.
+
+    ``data_dir`` None → ``$SOENSIM_DATA_DIR``. Cached per process (a grid run in one
+    process decodes the archive once).
+    """
+    root = data_dir or os.environ.get("SOENSIM_DATA_DIR")
+    return _load_cifar10_cached(str(Path(root).resolve()) if root else None)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cifar10_cached(root: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
+    from . import data as data_mod  # studies/data.py (CIFAR loaders)
+
+    tr = data_mod.load_cifar10(root, split="train")
+    te = data_mod.load_cifar10(root, split="test")
+    return _nchw(tr[0]), torch.as_tensor(tr[1]).long(), _nchw(te[0]), torch.as_tensor(te[1]).long(), \
+        f"CIFAR-10 from {root}"
+
+
+def _nchw(x: Any) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.dim() == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+        t = t.permute(0, 3, 1, 2)
+    return t.contiguous()
+
+
+# --------------------------------------------------------------------------- report
+def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
+    """Figures of papers/001 (Figs. 1–2) plus W_hz growth, gate histograms, spike counts."""
+    sdir = Path(sdir)
+    return {
+        "test_accuracy": plots.curves(sdir, "test_acc", "test_accuracy.png", ylabel="test accuracy",
+                                      title="s-CIFAR test accuracy (papers/001 Fig. 1)"),
+        "train_loss": plots.curves(sdir, "train_loss", "train_loss.png", ylabel="training loss (epoch mean)",
+                                   title="training loss (papers/001 Fig. 2)"),
+        "train_loss_steps": plots.curves(sdir, "loss", "train_loss_steps.png", source="steps", smooth=5,
+                                         ylabel="training loss (sampled steps)", title="training loss per step"),
+        "w_hz_norm": plots.curves(sdir, "w_hz_norm", "w_hz_norm.png", ylabel="‖W_hz‖_F",
+                                  title="update-gate recurrent weight norm"),
+        "update_bias": plots.curves(sdir, "b_z_mean", "update_bias.png", ylabel="mean b_z (b_ih + b_hh)",
+                                    title="effective update-gate bias"),
+        "gate_histograms": plots.gate_histograms(sdir),
+        "loss_spikes": plots.bars(sdir, "spikes", "loss_spikes.png", ylabel="loss spikes",
+                                  title="loss spikes (loss > k × running median)"),
+    }
+
+
+__all__ = ["DESCRIPTION", "NAME", "PRESETS", "bit_reversal_permutation", "build", "fake_images", "image_task",
+           "load_cifar10", "notes", "report", "row_names", "runs", "split_train_val", "stratified_indices",
+           "to_sequences"]
