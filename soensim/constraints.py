@@ -72,6 +72,7 @@ on constrained and unconstrained models alike.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -97,9 +98,20 @@ FAN_IN_LIMIT = 20
 # =============================================================================
 # Functional core: pure functions on tensors
 # =============================================================================
+@functools.lru_cache(maxsize=64)
+def _inner_limit(j_max: float, dtype: torch.dtype) -> float:
+    """Largest value of ``dtype`` that is ≤ ``j_max`` (float32(0.3) > 0.3, for example)."""
+    t = torch.tensor(j_max, dtype=dtype)
+    if t.item() > j_max:
+        t = torch.nextafter(t, torch.zeros((), dtype=dtype))
+    return t.item()
+
+
 def bounded(raw: Tensor, j_max: float) -> Tensor:
-    """Smooth bound ``j_max * tanh(raw / j_max)``; always within ``[-j_max, j_max]``."""
-    return j_max * torch.tanh(raw / j_max)
+    """Smooth bound ``j_max * tanh(raw / j_max)``; always within ``[-j_max, j_max]``, also
+    after rounding to ``raw``'s dtype."""
+    lim = _inner_limit(float(j_max), raw.dtype)
+    return (j_max * torch.tanh(raw / j_max)).clamp(-lim, lim)
 
 
 def bounded_inverse(w: Tensor, j_max: float) -> Tensor:
@@ -113,7 +125,8 @@ def quantize(w: Tensor, j_max: float, levels: int) -> Tensor:
     """Nearest of ``levels`` evenly spaced values in ``[-j_max, j_max]`` (no gradient rule)."""
     step = 2.0 * j_max / (levels - 1)
     k = torch.round((w + j_max) / step).clamp(0, levels - 1)
-    return (k * step - j_max).clamp(-j_max, j_max)
+    lim = _inner_limit(float(j_max), w.dtype)
+    return (k * step - j_max).clamp(-lim, lim)
 
 
 class _QuantizeSTE(torch.autograd.Function):
@@ -252,10 +265,14 @@ def _install_rnn_fast_path(module: nn.RNNBase) -> None:
 
 
 def _remove_rnn_fast_path(module: nn.Module) -> None:
+    # Once the last parametrization is gone parametrize restores the original class (and
+    # with it torch's flat-weights methods); while foreign ones remain, keep the handling.
+    if parametrize.is_parametrized(module):
+        return
     for key, hook in list(module._forward_hooks.items()):
         if hook is _rnn_clear_after_forward:
             del module._forward_hooks[key]
-    if isinstance(module, nn.RNNBase) and not parametrize.is_parametrized(module):
+    if isinstance(module, nn.RNNBase):
         module._init_flat_weights()  # torch's own: real refs, cuDNN flattening
 
 
@@ -381,7 +398,7 @@ def _cells_of(m: nn.Module, name: str) -> list[_Cell]:
         mt = _PARAM_RE.match(n)
         if mt:
             groups.setdefault(mt.group(2), {})[mt.group(1)] = n
-    if isinstance(m, tuple(_TORCH_BLOCKS)):
+    if not _is_contract_layer(m):  # torch's own cells (a contract layer may subclass them)
         kind, blocks_spec, dgate, rgate, cgate = next(v for k, v in _TORCH_BLOCKS.items() if isinstance(m, k))
         mech: Any = _Sigmoid()
     else:
@@ -478,15 +495,15 @@ class ConstraintReport:
     to the design time constants (seconds) and the frozen decay-gate biases (float64).
     """
 
-    model: nn.Module
+    model: nn.Module = field(repr=False)
     profile: HardwareProfile
     dt: float
     seed: int
     spread: bool
     layers: tuple[str, ...]
-    transforms: tuple[AppliedTransform, ...]
-    taus: dict[str, Tensor] = field(default_factory=dict)
-    biases: dict[str, Tensor] = field(default_factory=dict)
+    transforms: tuple[AppliedTransform, ...] = field(repr=False)
+    taus: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    biases: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def remove(self) -> list[str]:
         return unconstrain(self.model)
@@ -739,10 +756,14 @@ class CheckContext:
     def decay_bias(self, cell: _Cell) -> Tensor:
         """Effective decay-gate bias (``bias_ih + bias_hh`` rows), float64."""
         rows = cell.blocks[cell.decay_gate]  # type: ignore[index]
+        return self.rows_sum(cell, [p for p in (cell.bias_ih, cell.bias_hh) if p is not None], rows)
+
+    def rows_sum(self, cell: _Cell, pnames: Sequence[str], rows: Tensor) -> Tensor:
+        """Sum over ``pnames`` of the given rows, float64 on the CPU."""
         total = torch.zeros(rows.numel(), dtype=torch.float64)
-        for p in (cell.bias_ih, cell.bias_hh):
-            if p is not None:
-                total += self.value(cell, p)[rows.to(self.value(cell, p).device)].double().cpu()
+        for p in pnames:
+            v = self.value(cell, p)
+            total += v[rows.to(v.device)].double().cpu()
         return total
 
     def weight_matrices(self) -> Iterator[tuple[str, Tensor, str, nn.Module]]:
@@ -918,8 +939,7 @@ def _frozen_bias(ctx: CheckContext) -> Iterator[Violation]:
             else:
                 parts = [present]
             for group in parts:
-                val = sum(ctx.value(cell, q)[rows.to(ctx.value(cell, q).device)].double().cpu() for q in group)
-                err = (val - want).abs()  # type: ignore[operator]
+                err = (ctx.rows_sum(cell, group, rows) - want).abs()
                 off = err > ctx.atol
                 if off.any():
                     worst = err.max().item()

@@ -85,17 +85,17 @@ PAPER = dict(  # papers/001 protocol; batch size from papers/002 App. D (001 doe
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
-        "base": {**PAPER, "task": "fake-images", "image_size": 4, "hidden": 8, "epochs": 1, "batch_size": 32,
-                 "lr": 3e-3, "schedule": "cosine", "val_size": 40, "train_subset": 160, "test_subset": 60,
-                 "eval_batch_size": 100, "gate_stats_size": 32, "log_every": 1, "progress": False},
+        "base": {**PAPER, "task": "fake-images", "image_size": 4, "hidden": 16, "epochs": 3, "batch_size": 32,
+                 "lr": 3e-2, "schedule": "cosine", "val_size": 40, "train_subset": 160, "test_subset": 60,
+                 "eval_batch_size": 100, "gate_stats_size": 32, "log_every": 1, "progress": False, "threads": 1},
         "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS},
         "seeds": 1,
-        "notes": "smoke: synthetic 4×4 images (16 steps), H=8, 1 epoch — plumbing only.",
+        "notes": "smoke: synthetic 4×4 images (16 steps), H=16, 3 epochs, lr 3e-2 — plumbing only.",
     },
     "quick": {
         "base": {**PAPER, "image_size": 16, "hidden": 64, "epochs": 3, "lr": 2e-3, "schedule": "cosine",
                  "val_size": 1000, "train_subset": 6000, "test_subset": 2000, "gate_stats_size": 128,
-                 "log_every": 5},
+                 "log_every": 5, "threads": 1},
         "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS},
         "seeds": 1,
         "notes": ("quick: CIFAR-10 grayscale downsampled to 16×16 (256 steps), 6,000 training images "
@@ -198,14 +198,15 @@ def split_train_val(labels: Tensor, val_size: int, seed: int = SPLIT_SEED) -> tu
     return mask.nonzero().flatten(), val
 
 
-def fake_images(n: int, classes: int = 10, side: int = 32, seed: int = 1234) -> tuple[Tensor, Tensor]:
-    """Synthetic RGB images (N, 3, side, side) uint8: one smooth random pattern per class + noise.
-
-    Learnable in a few steps; for smoke tests without CIFAR.
+def fake_images(n: int, classes: int = 10, side: int = 32, seed: int = 1234,
+                pattern_seed: int = 99) -> tuple[Tensor, Tensor]:
+    """Synthetic RGB images (N, 3, side, side) uint8: one smooth random pattern per class
+    (fixed by ``pattern_seed``) plus noise (``seed``). Learnable in a few steps; for smoke
+    tests without CIFAR.
     """
+    protos = nn.functional.interpolate(torch.rand(classes, 3, 4, 4, generator=torch.Generator().manual_seed(pattern_seed)),
+                                       size=(side, side), mode="bilinear", align_corners=False)
     g = torch.Generator().manual_seed(seed)
-    protos = nn.functional.interpolate(torch.rand(classes, 3, 4, 4, generator=g), size=(side, side), mode="bilinear",
-                                       align_corners=False)
     y = torch.arange(n) % classes
     y = y[torch.randperm(n, generator=g)]
     x = protos[y] + 0.15 * torch.randn(n, 3, side, side, generator=g)

@@ -25,13 +25,12 @@ import json
 import math
 import multiprocessing as mp
 import os
-import tempfile
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .train import CONFIG_FILE, SUMMARY_FILE, RunConfig, parse_overrides, write_json_atomic
+from .train import CONFIG_FILE, SUMMARY_FILE, RunConfig, parse_overrides, write_json_atomic, write_text_atomic
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
@@ -289,7 +288,7 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
     for rec in table:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
     csv_path = sdir / "results.csv"
-    _write_text_atomic(csv_path, buf.getvalue())
+    write_text_atomic(csv_path, buf.getvalue())
     lines = [f"# {info['study']} — preset {info['preset']}", ""]
     if info.get("notes"):
         lines += [str(info["notes"]), ""]
@@ -298,15 +297,8 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
         lines.append("| " + " | ".join(_fmt(rec[c], rec.get(c + "_std")) for c in cols) + " |")
     lines.append("")
     md_path = sdir / "results.md"
-    _write_text_atomic(md_path, "\n".join(lines))
+    write_text_atomic(md_path, "\n".join(lines))
     return md_path, csv_path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["LAUNCHERS", "check_unique", "make_grid", "preset_grid", "get_launcher", "is_finished", "collect", "load_summaries", "read_study_file", "results_table", "write_results",

@@ -30,6 +30,7 @@ Non-finite loss or gradient norm is never skipped silently: it is recorded, then
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -94,7 +95,8 @@ class RunConfig:
     ``spike_min_history`` are known).
     Runtime: ``log_every`` (per-step record sampling), ``gate_stats``/``gate_stats_size``,
     ``eval_batch_size``, ``progress`` (tqdm), ``device`` (auto/cpu/cuda), ``threads``
-    (torch CPU threads, None = leave as is).
+    (torch CPU threads during the run, None = leave as is; small recurrent models run
+    fastest on one thread, and a 2-thread OpenMP team stalls badly on a busy machine).
     """
 
     study: str = "custom"
@@ -480,13 +482,17 @@ class SpikeDetector:
 # --------------------------------------------------------------------------- io helpers
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to ``path`` through a temporary file and ``os.replace``."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
-            fh.write("\n")
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -528,10 +534,7 @@ def _rewrite_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
     if not path.exists():
         return
     lines = [json.dumps(r, default=_json_default) for r in read_jsonl(path) if keep(r)]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def _json_default(o: Any) -> Any:
@@ -791,10 +794,12 @@ class Trainer:
 
     def fit(self, resume: bool = True) -> dict[str, Any]:
         """Train to the end (or divergence); returns the summary (also in summary.json)."""
+        with _threads(self.cfg.threads):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
         ckpt = self.run_dir / CHECKPOINT_FILE
         if resume and ckpt.exists():
             self.load_state_dict(load_checkpoint(ckpt, self.device))
@@ -856,6 +861,20 @@ class Trainer:
         return summary
 
 
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (None: unchanged), restoring the previous count."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
@@ -879,12 +898,10 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = True,
     summary_path = run_dir / SUMMARY_FILE
     if resume and summary_path.exists():
         return json.loads(summary_path.read_text(encoding="utf-8"))
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    study = get_study(cfg.study)
-    model, data = study.build(cfg)
-    return Trainer(cfg, model, data, run_dir, callbacks).fit(resume=resume)
+    with _threads(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        model, data = get_study(cfg.study).build(cfg)
+        return Trainer(cfg, model, data, run_dir, callbacks).fit(resume=resume)
 
 
 def resume(run_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
@@ -906,5 +923,5 @@ _FIELD_TYPES = {f.name: _FIELD_TYPES[f.name] for f in dataclasses.fields(RunConf
 __all__ = [
     "ArraySplit", "ConfigError", "CosineToFloor", "OBJECTIVES", "OPTIMIZERS", "RunConfig", "SCHEDULES",
     "SpikeDetector", "StreamSplit", "TaskData", "Trainer", "load_checkpoint", "parse_overrides", "read_jsonl",
-    "resume", "run", "torch_save_atomic", "write_json_atomic",
+    "resume", "run", "torch_save_atomic", "write_json_atomic", "write_text_atomic",
 ]

@@ -184,6 +184,7 @@ def test_large_lr_training_never_breaks_constraints(cls, opt_name):
     m = cls(3, H, num_layers=2)
     constrain(m, DENDRITE, seed=2)
     frozen_before = {n: t.clone() for n, t in effective(m).items() if n.startswith("bias")}
+    raw_before = m.parametrizations.bias_ih_l0.original.detach().clone()
     w_before = effective(m)["weight_hh_l1"]
     opt = getattr(torch.optim, opt_name)(m.parameters(), lr=1.0, weight_decay=0.5)
     _train(m, opt)
@@ -198,10 +199,12 @@ def test_large_lr_training_never_breaks_constraints(cls, opt_name):
             assert torch.equal(eff[n][:H], t[:H]), n  # reset rows too (role not trainable)
             assert not torch.equal(eff[n][2 * H:], t[2 * H:]), n  # candidate bias trains
     assert not torch.equal(eff["weight_hh_l1"], w_before)
-    # the raw rows under the frozen ones did move (weight decay / Adam) — the effective value did not
+    # zero gradient to the frozen rows; weight decay still moved the raw values under them,
+    # the effective values did not move
     raw = m.parametrizations.bias_ih_l0.original
-    assert check(m, DENDRITE, seed=2) == []
     assert raw.grad is not None and torch.equal(raw.grad[blk], torch.zeros(H))
+    assert not torch.equal(raw.detach()[blk], raw_before[blk])
+    assert check(m, DENDRITE, seed=2) == []
 
 
 def test_quantized_training_stays_on_grid_and_ste_passes_gradient():
@@ -259,6 +262,19 @@ def test_parametrized_gru_forward_equals_manual_gru():
         torch.testing.assert_close(m(x, h0)[0], ref2, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("cls", [nn.GRUCell, nn.LSTMCell])
+def test_cells_use_constrained_weights(cls):
+    torch.manual_seed(10)
+    m = cls(3, 4)
+    constrain(m, FABRICATED)
+    x = torch.randn(2, 3)
+    ref = cls(3, 4)
+    ref.load_state_dict(effective(m))
+    torch.testing.assert_close(m(x), ref(x), rtol=0, atol=0)
+    assert check(m, FABRICATED) == []
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
 @pytest.mark.parametrize(
     "make",
     [
@@ -373,7 +389,7 @@ def test_check_reports_named_violations_on_hand_broken_model():
     unconstrain(m)
     with torch.no_grad():
         m.weight_hh_l0[0, 0] = 0.8  # above J_max (and off the grid)
-        m.weight_ih_l0[1, 1] = 0.1  # inside the bound but off the 16-level grid (step 1/15)
+        m.weight_ih_l0[1, 1] = 0.13  # inside the bound but off the 16-level grid (-0.5 + k/15)
         m.bias_ih_l0[H] = 20.0  # z row: not the frozen design value, τ far above 1 µs
         m.bias_hh_l0[0] = 0.3  # reset row: should be 0
     got = {(v.parameter, v.rule) for v in check(m, FABRICATED)}

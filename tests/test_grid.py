@@ -1,0 +1,103 @@
+"""Study grids: unique ids, overrides, skip-finished/resume, launchers."""
+import importlib.util
+import json
+
+import pytest
+
+from studies import grid
+from studies.bias_ablation import runs as scifar_runs
+from studies.train import CHECKPOINT_FILE, SUMMARY_FILE, ConfigError, RunConfig, read_jsonl, run
+
+SOFT = ["baseline", "ablated"]
+
+
+def smoke(tmp_path, rows=SOFT, seeds=1, overrides=()):
+    configs = scifar_runs("smoke", seeds=seeds, rows=rows, overrides=["epochs=1", *overrides])
+    return configs, tmp_path / "study"
+
+
+def test_grid_ids_rows_seeds_and_overrides():
+    configs = scifar_runs("smoke", seeds=2, rows=SOFT, overrides=["hidden=12", "lr=0.01"])
+    assert [c.run_id for c in configs] == ["baseline-s0", "baseline-s1", "ablated-s0", "ablated-s1"]
+    assert {c.hidden for c in configs} == {12} and {c.lr for c in configs} == {0.01}
+    assert configs[2].bias_mode == "frozen-zero" and configs[0].bias_mode == "learnable"
+    with pytest.raises(ValueError, match="known rows"):
+        scifar_runs("smoke", rows=["nope"])
+    with pytest.raises(ConfigError, match="known keys"):
+        scifar_runs("smoke", overrides=["hiden=3"])
+    with pytest.raises(ValueError, match="known presets"):
+        scifar_runs("huge")
+    with pytest.raises(ValueError, match="duplicate run id"):
+        grid.check_unique([RunConfig(row="a"), RunConfig(row="a")])
+
+
+def test_run_grid_skips_finished_and_resumes_partial(tmp_path):
+    configs, sdir = smoke(tmp_path)
+    first = grid.run_grid(configs, sdir, study="scifar-bias", preset="smoke")
+    assert [s["status"] for s in first] == ["finished", "finished"]
+    info = grid.read_study_file(sdir)
+    assert info["runs"] == ["baseline-s0", "ablated-s0"] and info["preset"] == "smoke"
+
+    # a finished run is not touched again
+    done = sdir / "runs" / "baseline-s0" / SUMMARY_FILE
+    stamp = done.stat().st_mtime_ns
+    # an interrupted one (checkpoint, no summary) is resumed from its checkpoint
+    partial = sdir / "runs" / "ablated-s0"
+    (partial / SUMMARY_FILE).unlink()
+    again = grid.run_grid(configs, sdir, study="scifar-bias", preset="smoke")
+    assert done.stat().st_mtime_ns == stamp
+    assert again[0] == first[0]
+    assert [e["event"] for e in read_jsonl(partial / "events.jsonl")] == ["resume"]
+    assert again[1]["final"]["test_acc"] == first[1]["final"]["test_acc"]
+
+    table = grid.results_table(sdir)
+    assert [r["row"] for r in table] == SOFT and all(r["status"] == "finished" for r in table)
+    md, csv_path = grid.write_results(sdir)
+    assert "| baseline |" in md.read_text() and csv_path.read_text().startswith("row,")
+
+
+def test_errors_are_recorded_and_the_grid_goes_on(tmp_path):
+    configs, sdir = smoke(tmp_path)
+    bad = configs[0].replace(row="broken", task="no-such-task")
+    out = grid.run_grid([bad, configs[1]], sdir, study="scifar-bias")
+    assert out[0]["status"] == "error" and "no-such-task" in out[0]["error"]
+    assert out[1]["status"] == "finished"
+    assert (sdir / "runs" / "broken-s0" / grid.ERROR_FILE).exists()
+    table = {r["row"]: r for r in grid.results_table(sdir)}
+    assert table["broken"]["status"] == "error" and "no-such-task" in table["broken"]["error"]
+
+
+def test_run_returns_existing_summary(tmp_path):
+    cfg = scifar_runs("smoke", rows=["baseline"], overrides=["epochs=1"])[0]
+    first = run(cfg, tmp_path)
+    (tmp_path / CHECKPOINT_FILE).unlink()  # proof that nothing is retrained
+    assert run(cfg, tmp_path) == first
+
+
+def test_process_launcher(tmp_path):
+    configs, sdir = smoke(tmp_path, seeds=2, rows=["baseline"])
+    out = grid.run_grid(configs, sdir, launcher="process", workers=2, study="scifar-bias")
+    assert [s["status"] for s in out] == ["finished", "finished"]
+    local = grid.run_grid(configs, tmp_path / "local", launcher="local", study="scifar-bias")
+    # same numbers whichever launcher ran them
+    assert [s["final"]["test_acc"] for s in out] == [s["final"]["test_acc"] for s in local]
+
+
+def test_unknown_launcher():
+    with pytest.raises(ValueError, match="known launchers"):
+        grid.get_launcher("slurm")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
+def test_ray_missing_gives_clear_error(tmp_path):
+    configs, sdir = smoke(tmp_path, rows=["baseline"])
+    with pytest.raises(RuntimeError, match=r"soensim\[ray\]"):
+        grid.run_grid(configs, sdir, launcher="ray")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (optional extra)")
+def test_ray_launcher(tmp_path):
+    configs, sdir = smoke(tmp_path, seeds=2, rows=["baseline"])
+    out = grid.run_grid(configs, sdir, launcher="ray", workers=2, study="scifar-bias")
+    assert [s["status"] for s in out] == ["finished", "finished"]
+    assert json.loads((sdir / "study.json").read_text())["runs"] == ["baseline-s0", "baseline-s1"]

@@ -1,0 +1,231 @@
+"""Study definitions: model sizes and inits, the hardware rows, data preprocessing, presets."""
+import importlib.util
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from soensim import HardwareProfile, tau_to_bias
+from studies import bias_ablation, gate_ablation, sst_lowdata
+from studies.models import SequenceModel, build_model, count_parameters, hardware_dt, recurrent_diagnostics
+from studies.registry import STUDIES, UnknownStudy, get_study
+from studies.train import RunConfig
+
+STUDY_MODULES = [bias_ablation, gate_ablation, sst_lowdata]
+
+
+def paper_cfg(**kw):
+    return RunConfig(**{**bias_ablation.PRESETS["full"]["base"], "study": "scifar-bias", **kw})
+
+
+def has(module):
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_paper_model_has_101732_parameters():
+    torch.manual_seed(0)
+    model = build_model(paper_cfg(row="baseline"), input_size=1, num_outputs=10, seq_len=1024)
+    assert count_parameters(model) == 101_732
+    assert count_parameters(model.rnn) == 3 * 181 * (1 + 181 + 2)
+    # papers/002 head: per-step 256-unit ReLU layer then linear
+    mlp = build_model(paper_cfg(head="mlp", hidden=181), 1, 10, 1024)
+    assert count_parameters(mlp) == count_parameters(model.rnn) + 181 * 256 + 256 + 256 * 10 + 10
+
+
+def test_paper_protocol_numbers():
+    cfg = paper_cfg()
+    assert (cfg.hidden, cfg.epochs, cfg.batch_size, cfg.image_size, cfg.channels) == (181, 40, 50, 32, 1)
+    assert (cfg.optimizer, cfg.lr, cfg.lr_min, cfg.clip_norm, cfg.orthogonal_hh) == ("adamw", 5e-4, 1e-5, 1.0, True)
+    assert cfg.schedule == "cosine-epoch" and cfg.update_bias_init == 1.0
+
+
+def test_baseline_init_biases_in_one_vector_and_orthogonal_blocks():
+    torch.manual_seed(0)
+    rnn = build_model(paper_cfg(hidden=16), 1, 10, 64).rnn
+    H = 16
+    b_ih, b_hh = rnn.bias_ih_l0.detach(), rnn.bias_hh_l0.detach()
+    assert torch.all(b_ih[: 2 * H] == 1.0) and torch.all(b_hh[: 2 * H] == 0.0)
+    w = rnn.weight_hh_l0.detach()
+    for k in range(3):
+        block = w[k * H:(k + 1) * H]
+        assert torch.allclose(block @ block.T, torch.eye(H), atol=1e-5)
+    diag = recurrent_diagnostics(rnn)
+    assert diag["b_z_mean"] == pytest.approx(1.0)
+    assert diag["w_hz_norm"] == pytest.approx(math.sqrt(H), rel=1e-5)  # orthogonal block: ‖Q‖_F = √H
+
+
+def _train_a_bit(model, steps=5, wd=0.1):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=wd)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x, y = torch.randn(8, 12, 1, generator=g), torch.randint(0, 10, (8,), generator=g)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_ablated_row_keeps_update_and_reset_bias_at_zero_under_adamw():
+    torch.manual_seed(0)
+    H = 8
+    model = build_model(paper_cfg(hidden=H, bias_mode="frozen-zero"), 1, 10, 12)
+    b_n_before = (model.rnn.bias_ih_l0.detach()[2 * H:].clone(), model.rnn.bias_hh_l0.detach()[2 * H:].clone())
+    _train_a_bit(model)
+    for name in ("bias_ih_l0", "bias_hh_l0"):
+        assert torch.all(getattr(model.rnn, name).detach()[: 2 * H] == 0.0), name
+    assert not torch.equal(model.rnn.bias_ih_l0.detach()[2 * H:], b_n_before[0])  # b_n learns
+
+
+@pytest.mark.parametrize("row", ["baseline-hw", "ablated-hw"])
+def test_hardware_rows_freeze_tau_and_bound_weights(row):
+    from soensim.constraints import check
+
+    cfg = bias_ablation.runs("quick", rows=[row], overrides=["hidden=8"])[0]
+    torch.manual_seed(0)
+    model = build_model(cfg, 1, 10, 256)
+    profile = HardwareProfile.preset(cfg.profile)
+    dt = hardware_dt(cfg, 256)
+    assert dt == pytest.approx(0.4e-9)  # one image = 1024 × 0.1 ns
+    _train_a_bit(model, wd=0.5)
+    b_z = recurrent_diagnostics(model.rnn)
+    update_bias = None if cfg.hw_bias == "profile" else torch.zeros(8)
+    assert check(model, profile, dt=dt, seed=cfg.seed, update_bias=update_bias) == []
+    w_max = max(model.rnn.weight_hh_l0.abs().max().item(), model.rnn.weight_ih_l0.abs().max().item())
+    assert w_max <= profile.coupling_max
+    if row == "baseline-hw":
+        taus = profile.unit_taus(8, cfg.seed)
+        expect = tau_to_bias(taus, dt).float()
+        got = (model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0).detach()[8:16]
+        assert torch.allclose(got, expect, atol=1e-5)
+        assert b_z["b_z_mean"] == pytest.approx(float(expect.mean()), rel=1e-5)
+    else:
+        assert b_z["b_z_mean"] == 0.0
+    # the readout head is software: not bounded
+    assert isinstance(model.head, nn.Linear)
+
+
+def test_hardware_dt_choice():
+    cfg = RunConfig(profile="soen-dendrite")
+    assert hardware_dt(cfg, 1024) == pytest.approx(1e-10)
+    assert hardware_dt(cfg, 64) == pytest.approx(1.6e-9)
+    assert hardware_dt(cfg.replace(hw_dt=2e-10), 64) == 2e-10
+
+
+def test_j_max_sweep_in_full_preset():
+    rows = bias_ablation.row_names("full")
+    for j in ("0.1", "0.25", "1"):
+        assert f"baseline-hw-J{j}" in rows and f"ablated-hw-J{j}" in rows and f"chrono-hw-J{j}" in rows
+    cfg = bias_ablation.runs("full", rows=["ablated-hw-J0.25"])[0]
+    assert cfg.coupling_max == 0.25 and cfg.profile == "soen-dendrite" and cfg.hw_bias == "zero"
+
+
+@pytest.mark.parametrize("module", STUDY_MODULES, ids=lambda m: m.NAME)
+def test_presets_are_complete(module):
+    assert set(module.PRESETS) >= {"smoke", "quick", "full"}
+    assert get_study(module.NAME) is module and STUDIES[module.NAME] == module.__name__
+    for preset in module.PRESETS:
+        configs = module.runs(preset)
+        ids = [c.run_id for c in configs]
+        assert len(ids) == len(set(ids)) > 0
+        assert all(c.study == module.NAME for c in configs)
+        assert module.notes(preset)
+
+
+def test_unknown_study():
+    with pytest.raises(UnknownStudy, match="known studies"):
+        get_study("nope")
+
+
+def test_gate_ablation_rows_cover_all_gates():
+    rows = gate_ablation.row_names("quick")
+    for g in ("-", "C", "O", "U", "R", "OM", "UM", "OR", "UR", "SST"):
+        assert f"copy-{g}" in rows and f"adding-{g}" in rows
+
+
+def test_sst_lowdata_rows_and_step_budget():
+    configs = sst_lowdata.runs("quick", seeds=1)
+    assert {c.gate for c in configs} == {"-", "SST"}
+    for c in configs:
+        steps = c.epochs * math.ceil(c.train_size / c.batch_size)
+        assert 400 <= steps < 400 + math.ceil(c.train_size / c.batch_size)
+
+
+# --------------------------------------------------------------------------- preprocessing
+def test_to_sequences_grayscale_downsample_and_scan_order():
+    img = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    img[0, 0] = 255  # pure red
+    seq = bias_ablation.to_sequences(img, size=4, channels=1)
+    assert seq.shape == (1, 16, 1) and torch.allclose(seq, torch.full_like(seq, 0.299))
+    ramp = torch.arange(16, dtype=torch.uint8).reshape(1, 1, 4, 4).expand(1, 3, 4, 4) * 10
+    seq = bias_ablation.to_sequences(ramp, size=4, channels=1)
+    assert torch.allclose(seq[0, :, 0] * 255, torch.arange(16).float() * 10, atol=1e-3)  # row-major scan
+    small = bias_ablation.to_sequences(ramp, size=2, channels=3)
+    assert small.shape == (1, 4, 3)
+    assert small[0, 0, 0] * 255 == pytest.approx((0 + 10 + 40 + 50) / 4)  # 2×2 block mean
+
+
+def test_bit_reversal_permutation():
+    assert bias_ablation.bit_reversal_permutation(8).tolist() == [0, 4, 2, 6, 1, 5, 3, 7]
+    p = bias_ablation.bit_reversal_permutation(1000)
+    assert sorted(p.tolist()) == list(range(1000))
+
+
+def test_stratified_split_keeps_class_proportions():
+    labels = torch.arange(1000) % 10
+    labels[:100] = 0  # class 0 over-represented
+    idx = bias_ablation.stratified_indices(labels, 200, seed=0)
+    counts = torch.bincount(labels[idx], minlength=10)
+    expect = torch.bincount(labels, minlength=10).double() * 0.2
+    assert len(idx) == 200 and len(set(idx.tolist())) == 200
+    assert torch.all((counts.double() - expect).abs() <= 1)
+    train, val = bias_ablation.split_train_val(labels, 100)
+    assert len(set(train.tolist()) & set(val.tolist())) == 0 and len(train) + len(val) == 1000
+    assert torch.equal(val, bias_ablation.split_train_val(labels, 100)[1])  # fixed seed
+
+
+def test_fake_image_task_shapes_and_standardization():
+    cfg = bias_ablation.runs("smoke", rows=["baseline"])[0]
+    data = bias_ablation.image_task(cfg)
+    assert data.seq_len == 16 and data.input_size == 1
+    assert (len(data.train), len(data.val), len(data.test)) == (160, 40, 60)
+    x = data.train.x
+    assert x.shape == (160, 16, 1)
+    assert abs(float(x.mean())) < 1e-4 and float(x.std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_gate_statistics_fallback_matches_init():
+    torch.manual_seed(0)
+    rnn = nn.GRU(1, 6, batch_first=True)
+    with torch.no_grad():
+        rnn.weight_hh_l0.zero_()
+        rnn.weight_ih_l0.zero_()
+        rnn.bias_hh_l0.zero_()
+        rnn.bias_ih_l0[:12] = 1.0
+    model = SequenceModel(rnn, 6, 10)
+    stats = model.gate_statistics(torch.randn(4, 5, 1))
+    assert stats["update_gate"] == pytest.approx([1 / (1 + math.exp(-1))] * 6)
+
+
+# --------------------------------------------------------------------------- smoke runs needing other packages
+@pytest.mark.skipif(not has("studies.tasks") or not has("gates.layers"), reason="needs studies.tasks and gates.layers")
+def test_gate_ablation_smoke(tmp_path):
+    from studies.grid import run_grid
+
+    configs = gate_ablation.runs("smoke", rows=["copy--", "copy-UR", "adding-R"])
+    out = run_grid(configs, tmp_path, study=gate_ablation.NAME)
+    assert [s["status"] for s in out] == ["finished"] * 3, out
+    assert out[2]["metric"] == "mse"
+
+
+@pytest.mark.skipif(not has("studies.data") or not has("gates.layers"), reason="needs studies.data and gates.layers")
+def test_sst_lowdata_smoke(tmp_path):
+    from studies.grid import run_grid
+
+    out = run_grid(sst_lowdata.runs("smoke"), tmp_path, study=sst_lowdata.NAME)
+    assert all(s["status"] == "finished" for s in out), out
+    figs = sst_lowdata.report(tmp_path)
+    assert figs["accuracy_vs_size"].exists() and figs["accuracy_table"].exists()
