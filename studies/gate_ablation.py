@@ -13,7 +13,7 @@ Training data is drawn fresh for every batch from the run's checkpointed generat
 of ``eval_size`` sequences drawn with seeds of their own. An "epoch" is
 ``steps_per_epoch`` optimizer steps.
 
-Rows: ``<task>-<gate>`` for gate in ``-, C, O, U, R, OM, UM, OR, UR, SST``. Chrono's T_max is
+Rows: ``<task>-<gate>`` for gate in ``-, C, O, U, R, OM, UM, OR, UR, SST`` (``-`` written ``std``). Chrono's T_max is
 the sequence length. The full preset follows App. D.1 (LSTM, hidden 256, Adam 1e-3, clip 1.0,
 copy N = 500 for 100k steps, adding N = 2000 for 20k steps); the batch size is not given
 there: 64 here. The quick preset is a CPU-sized version (hidden 64, copy N = 50, adding
@@ -38,9 +38,14 @@ GATES = ("-", "C", "O", "U", "R", "OM", "UM", "OR", "UR", "SST")
 VAL_SEED, TEST_SEED = 10_001, 10_002
 
 
+def row_name(task: str, gate: str) -> str:
+    """``copy-UR``; the standard gate ``-`` is spelled ``std`` (``copy-std``)."""
+    return f"{task}-{'std' if gate == '-' else gate}"
+
+
 def _rows(copy: dict[str, Any], adding: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    rows = {f"copy-{g}": {"task": "copy", "gate": g, **copy} for g in GATES}
-    rows.update({f"adding-{g}": {"task": "adding", "gate": g, **adding} for g in GATES})
+    rows = {row_name("copy", g): {"task": "copy", "gate": g, **copy} for g in GATES}
+    rows.update({row_name("adding", g): {"task": "adding", "gate": g, **adding} for g in GATES})
     return rows
 
 
@@ -151,5 +156,5 @@ def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
     }
 
 
-__all__ = ["DESCRIPTION", "GATES", "NAME", "PRESETS", "build", "notes", "report", "row_names", "runs",
+__all__ = ["DESCRIPTION", "GATES", "NAME", "PRESETS", "build", "notes", "report", "row_name", "row_names", "runs",
            "synthetic_task", "task_spec"]

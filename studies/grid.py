@@ -219,6 +219,17 @@ def collect(sdir: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
+def _j_max(cfg: RunConfig) -> float | str:
+    if cfg.coupling_max is not None:
+        return cfg.coupling_max
+    if cfg.profile is None:
+        return "-"
+    from soensim import HardwareProfile
+
+    j = HardwareProfile.preset(cfg.profile).coupling_max
+    return "-" if j is None else j
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not vals:
@@ -243,7 +254,7 @@ def results_table(sdir: str | os.PathLike) -> list[dict[str, Any]]:
         rec: dict[str, Any] = {"row": row, "seeds": len(items), "status": ",".join(sorted(set(statuses)))}
         if cfg is not None:
             rec.update({"gate": cfg.gate, "bias": cfg.bias_mode, "profile": cfg.profile or "software",
-                        "J_max": cfg.coupling_max if cfg.coupling_max is not None else ("profile" if cfg.profile else "-")})
+                        "J_max": _j_max(cfg)})
         rec["metric"] = metric
         for label, get in (
             (f"final_test_{metric}", lambda s: s["final"].get(f"test_{metric}", math.nan)),

@@ -76,20 +76,38 @@ def _weight(rnn: nn.Module, name: str) -> Tensor | None:
     return w if isinstance(w, Tensor) else None
 
 
-def recurrent_diagnostics(rnn: nn.Module, cell: str = "gru") -> dict[str, float]:
-    """``w_hz_norm`` (GRU: Frobenius norm of the update-gate rows of W_hh; LSTM: forget rows,
-    reported as ``w_hf_norm``), the update/forget-gate input-weight norm, the effective
-    update bias mean (``bias_ih + bias_hh`` rows) and the largest |weight|.
+def decay_rows(rnn: nn.Module, cell: str = "gru") -> tuple[Tensor | slice, str]:
+    """Rows of the stacked gate dimension that hold the decay gate (GRU ``z``, LSTM ``f``)
+    and its tag. Layers following the gates contract say so through ``gate_blocks()`` and
+    ``decay_gate``; torch.nn.GRU (r, z, n) and torch.nn.LSTM (i, f, g, o) put it second."""
+    w_hh = _weight(rnn, "weight_hh")
+    H = w_hh.shape[1]
+    blocks_fn, decay = getattr(rnn, "gate_blocks", None), getattr(rnn, "decay_gate", None)
+    if callable(blocks_fn) and decay is not None:
+        blocks = blocks_fn()
+        if isinstance(blocks, dict):
+            idx = blocks[decay]
+            rows = idx if isinstance(idx, slice) else torch.as_tensor(list(idx), dtype=torch.long)
+        else:
+            k = list(blocks).index(decay)
+            rows = slice(k * H, (k + 1) * H)
+        return rows, str(decay)
+    return slice(H, 2 * H), ("z" if cell == "gru" else "f")
 
-    Row layout follows torch.nn.GRU (r, z, n[, refine]) and torch.nn.LSTM (i, f, g, o).
+
+def recurrent_diagnostics(rnn: nn.Module, cell: str = "gru") -> dict[str, float]:
+    """Per-epoch diagnostics of the recurrent layer (effective values, after any constraint):
+
+    ``w_hz_norm`` — Frobenius norm of the decay-gate rows of W_hh (GRU update gate ``z``;
+    ``w_hf_norm`` for an LSTM's forget gate), the quantity papers/001 sees grow in the
+    ablated model; ``w_iz_norm`` the same rows of W_ih; ``w_max_abs`` the largest |weight|;
+    ``b_z_mean`` the mean effective decay-gate bias (``bias_ih + bias_hh`` rows).
     """
     w_hh, w_ih = _weight(rnn, "weight_hh"), _weight(rnn, "weight_ih")
     if w_hh is None:
         return {}
     with torch.no_grad():
-        H = w_hh.shape[1]
-        rows = slice(H, 2 * H)  # z for GRU, f for LSTM
-        tag = "z" if cell == "gru" else "f"
+        rows, tag = decay_rows(rnn, cell)
         out = {f"w_h{tag}_norm": float(w_hh[rows].norm())}
         if w_ih is not None:
             out[f"w_i{tag}_norm"] = float(w_ih[rows].norm())
@@ -270,13 +288,15 @@ def apply_hardware(rnn: nn.Module, cfg: RunConfig, seq_len: int) -> nn.Module:
     if cfg.hw_bias == "zero":
         bias = torch.zeros(H)
     elif cfg.hw_bias == "init":
+        rows, _ = decay_rows(rnn, cfg.cell)
         b_ih, b_hh = _weight(rnn, "bias_ih"), _weight(rnn, "bias_hh")
-        bias = (b_ih[H:2 * H] + (b_hh[H:2 * H] if b_hh is not None else 0)).detach().clone()
+        bias = (b_ih[rows] + (b_hh[rows] if b_hh is not None else 0)).detach().clone()
     else:
         bias = None  # the profile's own τ values
     constraints.constrain(rnn, profile, dt=dt, seed=cfg.seed, update_bias=bias)
     return rnn
 
 
-__all__ = ["MissingPiece", "SequenceModel", "apply_hardware", "build_model", "count_parameters", "gate_statistics",
+__all__ = ["MissingPiece", "SequenceModel", "apply_hardware", "build_model", "count_parameters", "decay_rows",
+           "gate_statistics",
            "hardware_dt", "make_recurrent", "orthogonal_blocks_", "recurrent_diagnostics"]

@@ -4,13 +4,17 @@ A study module provides
 
     NAME: str                      registry name
     DESCRIPTION: str               one line for ``soensim-study list``
-    PRESETS: dict[str, dict]       preset name → parameters (smoke/quick/full at least)
-    def runs(preset, seeds=None, overrides=()) -> list[RunConfig]
-        the grid: one RunConfig per (row, seed), unique ``run_id``s
+    PRESETS: dict[str, dict]       preset → {"base": RunConfig fields, "rows": {row: fields},
+                                   "seeds": n, "notes": text}; smoke, quick and full at least
+    def row_names(preset) -> list[str]
+    def notes(preset) -> str       what the preset's numbers are (goes into results.md)
+    def runs(preset, seeds=None, overrides=(), rows=None) -> list[RunConfig]
+        the grid: one RunConfig per (row, seed) with unique ``run_id``s
+        (usually :func:`studies.grid.preset_grid`)
     def build(cfg) -> (nn.Module, TaskData)
         the model and data of one run (used for fresh runs and ``resume RUN_DIR``)
-    def report(study_dir) -> dict[str, Path]
-        tables and plots from finished runs (``plot``/``summarize``)
+    def report(study_dir) -> dict[str, Path | None]
+        figures (and extra tables) from the study's runs (``plot``)
 
 Studies are imported lazily so that ``list`` is fast and a study whose optional
 pieces are missing does not break the others.

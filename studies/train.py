@@ -10,8 +10,9 @@ validated against its fields). :class:`Trainer` trains a model on a
                       (epoch 0 = the initial state); torch.save, atomic,
                       loadable with ``torch.load(..., weights_only=True)``
       steps.jsonl     sampled per-step records: step, epoch, loss, grad_norm, lr
-      epochs.jsonl    one record per epoch: train/val/test loss and metric, lr,
-                      W_hz norm and other model diagnostics, spike/non-finite counts
+      epochs.jsonl    one record per epoch (epoch 0 = the initial model, no train_*
+                      keys): train/val/test loss and metric, lr, W_hz norm and other
+                      model diagnostics, spike count, cumulative elapsed seconds
       gates.jsonl     gate statistics (per-unit mean activations) at epoch ends,
                       epoch 0 = before training
       events.jsonl    spike / nonfinite / rollback / resume / stop events
@@ -512,7 +513,10 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain types only)."""
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain types only).
+
+    Kept on the CPU by default: RNG states must be CPU tensors, and ``load_state_dict`` of
+    the model and optimizer moves their tensors to the parameters' device."""
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -650,6 +654,8 @@ class Trainer:
         """Drop records written after the checkpoint now being resumed from."""
         step, epoch = self.step, self.epoch
         _rewrite_jsonl(self.run_dir / STEPS_FILE, lambda r: r.get("step", 0) <= step)
+        # spikes after the checkpoint will be seen again (or not) when those steps are redone
+        _rewrite_jsonl(self.run_dir / EVENTS_FILE, lambda r: r.get("event") != "spike" or r.get("step", 0) <= step)
         _rewrite_jsonl(self.run_dir / EPOCHS_FILE, lambda r: r.get("epoch", 0) <= epoch)
         _rewrite_jsonl(self.run_dir / GATES_FILE, lambda r: r.get("epoch", 0) <= epoch)
 
@@ -659,17 +665,17 @@ class Trainer:
         if split is None or len(split) == 0:
             return {}
         self.model.eval()
-        loss_sum, metric_sum, count, n_batches = 0.0, 0.0, 0, 0
+        loss_sum, metric_sum, count, examples = 0.0, 0.0, 0, 0
         try:
             for x, y in split.batches(self.cfg.eval_batch_size):
                 x, y = x.to(self.device), y.to(self.device)
                 out = self.model(x)
                 loss_sum += float(self.objective.loss(out, y)) * len(x)
                 m, c = self.objective.metric_sum(out, y)
-                metric_sum, count, n_batches = metric_sum + m, count + c, n_batches + len(x)
+                metric_sum, count, examples = metric_sum + m, count + c, examples + len(x)
         finally:
             self.model.train()
-        return {"loss": loss_sum / max(1, n_batches), self.objective.metric: metric_sum / max(1, count)}
+        return {"loss": loss_sum / max(1, examples), self.objective.metric: metric_sum / max(1, count)}
 
     def _diagnostics(self) -> dict[str, float]:
         fn = getattr(self.model, "diagnostics", None)
@@ -750,8 +756,11 @@ class Trainer:
                 "spikes": spikes}
 
     def _end_epoch(self, train_stats: dict[str, Any], t0: float) -> None:
-        self.epoch += 1
-        self.scheduler.epoch_end()
+        """Evaluate, log the epoch record and gate statistics, checkpoint. Epoch 0 (no
+        ``train_stats``) records the initial model, so curves start before training."""
+        if train_stats:
+            self.epoch += 1
+            self.scheduler.epoch_end()
         record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **train_stats}
         for name, split in (("val", self.data.val), ("test", self.data.test)):
             for k, v in self.evaluate(split).items():
@@ -784,7 +793,7 @@ class Trainer:
             return False
         rollbacks, nonfinite, scale = self.rollbacks + 1, self.nonfinite, self.scheduler.scale
         bad_step = self.step + 1
-        self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT_FILE, self.device))
+        self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT_FILE))
         self.rollbacks, self.nonfinite = rollbacks, nonfinite
         self.scheduler.set_scale(scale * self.cfg.rollback_lr_factor)
         self._truncate_logs()
@@ -802,7 +811,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.run_dir / CHECKPOINT_FILE
         if resume and ckpt.exists():
-            self.load_state_dict(load_checkpoint(ckpt, self.device))
+            self.load_state_dict(load_checkpoint(ckpt))
             self._truncate_logs()
             self.event("resume")
         else:
@@ -810,8 +819,7 @@ class Trainer:
                 (self.run_dir / name).unlink(missing_ok=True)
             write_json_atomic(self.run_dir / CONFIG_FILE, cfg.to_dict())
             torch.manual_seed(cfg.seed)
-            self._gate_stats()
-            self.save_checkpoint()
+            self._end_epoch({}, time.perf_counter())
         self.model.train()
         while self.epoch < cfg.epochs and not (cfg.max_steps is not None and self.step >= cfg.max_steps):
             t0 = time.perf_counter()

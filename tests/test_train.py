@@ -95,9 +95,10 @@ def test_run_dir_layout_and_weights_only_checkpoint(tmp_path):
     assert isinstance(state["rng"]["shuffle"], torch.Tensor)
     assert RunConfig.from_json((tmp_path / "config.json").read_text()) == tiny_cfg(epochs=2)
     epochs = read_jsonl(tmp_path / "epochs.jsonl")
-    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert "train_loss" not in epochs[0] and "test_acc" in epochs[0] and "w_hz_norm" in epochs[0]
     for key in ("train_loss", "train_acc", "val_acc", "test_acc", "val_loss", "lr", "w_hz_norm", "b_z_mean"):
-        assert key in epochs[0], key
+        assert key in epochs[1], key
     gates = read_jsonl(tmp_path / "gates.jsonl")
     assert [g["epoch"] for g in gates] == [0, 1, 2]
     assert len(gates[0]["update_gate"]) == 8

@@ -31,9 +31,16 @@
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <list>
+#include <mutex>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -107,7 +114,32 @@ SOEN_INLINE double act_sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 SOEN_INLINE double act_tanh(double x) { return std::tanh(x); }
 
 // ---------------------------------------------------------------- row kernels
-// One batch row, H units.  gi, gh: G*H; hp, hn: H; sv: K*H.
+// Arguments of one time step (whole batch).  Row b of a (B, X) operand starts at
+// ptr + b * X.
+template <typename T>
+struct FwdArgs {
+  const T* gi;  // (B, G*H) input projections of this step
+  const T* gh;  // (B, G*H) b_hh + h_{t-1} W_hh^T
+  const T* hp;  // (B, H)   h_{t-1}
+  T* hn;        // (B, H)   h_t (out)
+  T* sv;        // (B, K*H) saved activations (out), unused without SAVE
+  int64_t B, H;
+};
+
+template <typename T>
+struct BwdArgs {
+  const T* dh;     // (B, H)   dL/dh_t (all paths)
+  const T* hp;     // (B, H)   h_{t-1}
+  const T* sv;     // (B, K*H) saved activations of step t
+  const T* dprev;  // (B, H)   dL/dout_{t-1} (zeros when absent)
+  T* dgi;          // (B, G*H) dL/dgi_t (out)
+  T* dgh;          // (B, G*H) dL/dgh_t (out, per-step scratch for the GEMM)
+  T* dghn;         // (B, H)   dL/dgh_n of step t (out, kept for dW_hh)
+  T* db;           // (G*H)    sum over the batch of dL/dgh_t (out)
+  T* dnext;        // (B, H)   dh_t * z + dprev; the caller adds dgh W_hh
+  int64_t B, H;
+};
+
 template <typename T, int M, bool SAVE>
 SOEN_INLINE void fwd_row(const T* __restrict gi, const T* __restrict gh,
                          const T* __restrict hp, T* __restrict hn,
@@ -150,12 +182,11 @@ SOEN_INLINE void fwd_row(const T* __restrict gi, const T* __restrict gh,
   }
 }
 
-// dh: gradient into h_t (H); hp: h_{t-1}; dprev: gradient of the loss w.r.t. the
-// output at t-1 or nullptr; writes dgi, dgh (G*H) and dnext = dh*z + dprev (H).
 template <typename T, int M>
 SOEN_INLINE void bwd_row(const T* __restrict dh, const T* __restrict hp,
                          const T* __restrict sv, const T* __restrict dprev,
                          T* __restrict dgi, T* __restrict dgh,
+                         T* __restrict dghn, T* __restrict db,
                          T* __restrict dnext, int64_t H) {
   const T* s_r = sv;
   const T* s_z = sv + H;
@@ -200,211 +231,349 @@ SOEN_INLINE void bwd_row(const T* __restrict dh, const T* __restrict hp,
     const T dz = d * (hp[j] - n);
     const T dar = dan * gn * dr_da;
     const T daz = dz * dz_da;
+    const T dgn = dan * r;
     dgi[j] = dar;
     dgh[j] = dar;
+    db[j] += dar;
     dgi[H + j] = daz;
     dgh[H + j] = daz;
+    db[H + j] += daz;
     dgi[2 * H + j] = dan;
-    dgh[2 * H + j] = dan * r;
+    dgh[2 * H + j] = dgn;
+    dghn[j] = dgn;
+    db[2 * H + j] += dgn;
     if constexpr (M == kRefine) {
       const T dap = dz * dz_dp;
       dgi[3 * H + j] = dap;
       dgh[3 * H + j] = dap;
+      db[3 * H + j] += dap;
     }
-    dnext[j] = d * z + (dprev ? dprev[j] : T(0));
+    dnext[j] = d * z + dprev[j];
   }
 }
 
 // ------------------------------------------------------- whole-batch kernels
 template <typename T, int M, bool SAVE>
-SOEN_INLINE void fwd_step_impl(const T* gi, const T* gh, const T* hp, T* hn,
-                               T* sv, int64_t B, int64_t H) {
-  const int64_t G = gates_of(M), K = saved_of(M);
-  for (int64_t b = 0; b < B; ++b)
-    fwd_row<T, M, SAVE>(gi + b * G * H, gh + b * G * H, hp + b * H,
-                        hn + b * H, SAVE ? sv + b * K * H : nullptr, H);
+SOEN_INLINE void fwd_impl(const FwdArgs<T>& a) {
+  const int64_t G = gates_of(M), K = saved_of(M), H = a.H;
+  for (int64_t b = 0; b < a.B; ++b)
+    fwd_row<T, M, SAVE>(a.gi + b * G * H, a.gh + b * G * H, a.hp + b * H,
+                        a.hn + b * H, SAVE ? a.sv + b * K * H : nullptr, H);
 }
 
 template <typename T, int M>
-SOEN_INLINE void bwd_step_impl(const T* dh, const T* hp, const T* sv,
-                               const T* dprev, T* dgi, T* dgh, T* dnext,
-                               int64_t B, int64_t H) {
-  const int64_t G = gates_of(M), K = saved_of(M);
-  for (int64_t b = 0; b < B; ++b)
-    bwd_row<T, M>(dh + b * H, hp + b * H, sv + b * K * H,
-                  dprev ? dprev + b * H : nullptr, dgi + b * G * H,
-                  dgh + b * G * H, dnext + b * H, H);
+SOEN_INLINE void bwd_impl(const BwdArgs<T>& a) {
+  const int64_t G = gates_of(M), K = saved_of(M), H = a.H;
+  for (int64_t j = 0; j < G * H; ++j) a.db[j] = T(0);
+  for (int64_t b = 0; b < a.B; ++b)
+    bwd_row<T, M>(a.dh + b * H, a.hp + b * H, a.sv + b * K * H,
+                  a.dprev + b * H, a.dgi + b * G * H, a.dgh + b * G * H,
+                  a.dghn + b * H, a.db, a.dnext + b * H, H);
 }
 
-// Generic (double) versions.
-template <typename T, int M, bool SAVE>
-void fwd_step(const T* gi, const T* gh, const T* hp, T* hn, T* sv, int64_t B,
-              int64_t H) {
-  fwd_step_impl<T, M, SAVE>(gi, gh, hp, hn, sv, B, H);
-}
+template <typename T>
+struct Kernels {
+  void (*fwd_save)(const FwdArgs<T>&);
+  void (*fwd_nosave)(const FwdArgs<T>&);
+  void (*bwd)(const BwdArgs<T>&);
+};
+
 template <typename T, int M>
-void bwd_step(const T* dh, const T* hp, const T* sv, const T* dprev, T* dgi,
-              T* dgh, T* dnext, int64_t B, int64_t H) {
-  bwd_step_impl<T, M>(dh, hp, sv, dprev, dgi, dgh, dnext, B, H);
-}
+void fwd_save_t(const FwdArgs<T>& a) { fwd_impl<T, M, true>(a); }
+template <typename T, int M>
+void fwd_nosave_t(const FwdArgs<T>& a) { fwd_impl<T, M, false>(a); }
+template <typename T, int M>
+void bwd_t(const BwdArgs<T>& a) { bwd_impl<T, M>(a); }
 
-// float versions: non-template functions so that they can be multi-versioned.
-#define SOEN_FLOAT_KERNELS(M, NAME)                                            \
-  SOEN_CLONES void fwd_##NAME##_save(const float* gi, const float* gh,        \
-                                     const float* hp, float* hn, float* sv,   \
-                                     int64_t B, int64_t H) {                  \
-    fwd_step_impl<float, M, true>(gi, gh, hp, hn, sv, B, H);                  \
-  }                                                                           \
-  SOEN_CLONES void fwd_##NAME##_nosave(const float* gi, const float* gh,      \
-                                       const float* hp, float* hn, float* sv, \
-                                       int64_t B, int64_t H) {                \
-    fwd_step_impl<float, M, false>(gi, gh, hp, hn, sv, B, H);                 \
-  }                                                                           \
-  SOEN_CLONES void bwd_##NAME(const float* dh, const float* hp,               \
-                              const float* sv, const float* dprev,            \
-                              float* dgi, float* dgh, float* dnext,           \
-                              int64_t B, int64_t H) {                         \
-    bwd_step_impl<float, M>(dh, hp, sv, dprev, dgi, dgh, dnext, B, H);        \
+template <typename T>
+Kernels<T> kernels_for(int64_t mode) {
+  switch (mode) {
+    case kSigmoid:
+      return {&fwd_save_t<T, kSigmoid>, &fwd_nosave_t<T, kSigmoid>, &bwd_t<T, kSigmoid>};
+    case kRefine:
+      return {&fwd_save_t<T, kRefine>, &fwd_nosave_t<T, kRefine>, &bwd_t<T, kRefine>};
+    default:
+      return {&fwd_save_t<T, kSst>, &fwd_nosave_t<T, kSst>, &bwd_t<T, kSst>};
   }
+}
+
+// float: plain (non-template) functions, so that they can be multi-versioned.
+#define SOEN_FLOAT_KERNELS(M, NAME)                                      \
+  SOEN_CLONES void fwd_save_##NAME(const FwdArgs<float>& a) {           \
+    fwd_impl<float, M, true>(a);                                        \
+  }                                                                     \
+  SOEN_CLONES void fwd_nosave_##NAME(const FwdArgs<float>& a) {         \
+    fwd_impl<float, M, false>(a);                                       \
+  }                                                                     \
+  SOEN_CLONES void bwd_##NAME(const BwdArgs<float>& a) { bwd_impl<float, M>(a); }
 
 SOEN_FLOAT_KERNELS(kSigmoid, sigmoid)
 SOEN_FLOAT_KERNELS(kRefine, refine)
 SOEN_FLOAT_KERNELS(kSst, sst)
 
 template <>
-void fwd_step<float, kSigmoid, true>(const float* a, const float* b,
-                                     const float* c, float* d, float* e,
-                                     int64_t B, int64_t H) {
-  fwd_sigmoid_save(a, b, c, d, e, B, H);
-}
-template <>
-void fwd_step<float, kSigmoid, false>(const float* a, const float* b,
-                                      const float* c, float* d, float* e,
-                                      int64_t B, int64_t H) {
-  fwd_sigmoid_nosave(a, b, c, d, e, B, H);
-}
-template <>
-void fwd_step<float, kRefine, true>(const float* a, const float* b,
-                                    const float* c, float* d, float* e,
-                                    int64_t B, int64_t H) {
-  fwd_refine_save(a, b, c, d, e, B, H);
-}
-template <>
-void fwd_step<float, kRefine, false>(const float* a, const float* b,
-                                     const float* c, float* d, float* e,
-                                     int64_t B, int64_t H) {
-  fwd_refine_nosave(a, b, c, d, e, B, H);
-}
-template <>
-void fwd_step<float, kSst, true>(const float* a, const float* b,
-                                 const float* c, float* d, float* e, int64_t B,
-                                 int64_t H) {
-  fwd_sst_save(a, b, c, d, e, B, H);
-}
-template <>
-void fwd_step<float, kSst, false>(const float* a, const float* b,
-                                  const float* c, float* d, float* e, int64_t B,
-                                  int64_t H) {
-  fwd_sst_nosave(a, b, c, d, e, B, H);
-}
-template <>
-void bwd_step<float, kSigmoid>(const float* a, const float* b, const float* c,
-                               const float* d, float* e, float* f, float* g,
-                               int64_t B, int64_t H) {
-  bwd_sigmoid(a, b, c, d, e, f, g, B, H);
-}
-template <>
-void bwd_step<float, kRefine>(const float* a, const float* b, const float* c,
-                              const float* d, float* e, float* f, float* g,
-                              int64_t B, int64_t H) {
-  bwd_refine(a, b, c, d, e, f, g, B, H);
-}
-template <>
-void bwd_step<float, kSst>(const float* a, const float* b, const float* c,
-                           const float* d, float* e, float* f, float* g,
-                           int64_t B, int64_t H) {
-  bwd_sst(a, b, c, d, e, f, g, B, H);
-}
-
-// ------------------------------------------------------------- time loops
-template <typename T, int M>
-void forward_loop(const at::Tensor& gi, const at::Tensor& h0,
-                  const at::Tensor& w_hh_t, const at::Tensor& b_hh,
-                  at::Tensor& out, at::Tensor* saved) {
-  const int64_t T_ = gi.size(0), B = gi.size(1), H = h0.size(1);
-  const int64_t G = gates_of(M), K = saved_of(M);
-  at::Tensor gh = at::empty({B, G * H}, gi.options());
-  const T* gi_p = gi.data_ptr<T>();
-  const T* gh_p = gh.data_ptr<T>();
-  T* out_p = out.data_ptr<T>();
-  T* sv_p = saved ? saved->data_ptr<T>() : nullptr;
-  for (int64_t t = 0; t < T_; ++t) {
-    const at::Tensor hp = t == 0 ? h0 : out.select(0, t - 1);
-    at::addmm_out(gh, b_hh, hp, w_hh_t);
-    const T* hp_p = t == 0 ? h0.data_ptr<T>() : out_p + (t - 1) * B * H;
-    if (sv_p)
-      fwd_step<T, M, true>(gi_p + t * B * G * H, gh_p, hp_p, out_p + t * B * H,
-                           sv_p + t * B * K * H, B, H);
-    else
-      fwd_step<T, M, false>(gi_p + t * B * G * H, gh_p, hp_p,
-                            out_p + t * B * H, nullptr, B, H);
+Kernels<float> kernels_for<float>(int64_t mode) {
+  switch (mode) {
+    case kSigmoid:
+      return {&fwd_save_sigmoid, &fwd_nosave_sigmoid, &bwd_sigmoid};
+    case kRefine:
+      return {&fwd_save_refine, &fwd_nosave_refine, &bwd_refine};
+    default:
+      return {&fwd_save_sst, &fwd_nosave_sst, &bwd_sst};
   }
 }
 
-template <typename T, int M>
+// ------------------------------------------------------------- buffers
+// The large per-call buffers (saved activations, out, d_gi, d_gh_n: hundreds of
+// MB per call at training shapes) come from a small caching pool.  Fresh memory
+// from the OS costs a page fault and a page clear per page — as much time as the
+// arithmetic here — while a training loop asks for the same sizes every step.
+// Freed buffers (the tensors' storage deleter hands them back) are kept, most
+// recent first, up to a byte limit (SOENSIM_GRU_POOL_MB, default 2048; 0 turns
+// the pool off); older ones are returned to the OS.  New blocks are 2 MiB
+// aligned and ask for transparent huge pages (best effort).
+class BufferPool {
+ public:
+  static BufferPool& instance() {
+    static BufferPool* pool = new BufferPool();  // never destroyed: deleters may run at exit
+    return *pool;
+  }
+
+  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opt) {
+    int64_t numel = 1;
+    for (int64_t s : sizes) numel *= s;
+    const size_t bytes = static_cast<size_t>(numel) * opt.dtype().itemsize();
+    if (limit() == 0 || bytes < kMinBytes) return at::empty(sizes, opt);
+    const size_t cap = (bytes + kAlign - 1) / kAlign * kAlign;
+    void* p = take(cap);
+    if (p == nullptr) {
+      if (posix_memalign(&p, kAlign, cap) != 0 || p == nullptr)
+        return at::empty(sizes, opt);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+      (void)madvise(p, cap, MADV_HUGEPAGE);
+#endif
+      std::lock_guard<std::mutex> g(mu_);
+      ++misses_;
+    }
+    auto* blk = new Block{p, cap};
+    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes,
+                         c10::DataPtr(p, blk, &BufferPool::release, c10::Device(c10::kCPU)),
+                         /*allocator=*/nullptr, /*resizable=*/false);
+    at::Tensor t = at::empty({0}, opt);
+    std::vector<int64_t> strides(sizes.size());
+    int64_t st = 1;
+    for (int64_t i = static_cast<int64_t>(sizes.size()) - 1; i >= 0; --i) {
+      strides[i] = st;
+      st *= sizes[i];
+    }
+    t.set_(storage, 0, sizes, strides);
+    return t;
+  }
+
+  void clear() {
+    std::list<Entry> drop;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      drop.swap(free_);
+      cached_ = 0;
+    }
+    for (auto& e : drop) std::free(e.ptr);
+  }
+
+  std::vector<int64_t> stats() {
+    std::lock_guard<std::mutex> g(mu_);
+    return {static_cast<int64_t>(cached_), static_cast<int64_t>(free_.size()), hits_,
+            misses_, static_cast<int64_t>(limit_)};
+  }
+
+  void set_limit(int64_t bytes) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      limit_ = bytes < 0 ? 0 : static_cast<size_t>(bytes);
+    }
+    trim();
+  }
+
+ private:
+  struct Block {
+    void* ptr;
+    size_t cap;
+  };
+  struct Entry {
+    size_t cap;
+    void* ptr;
+  };
+  static constexpr size_t kAlign = size_t(2) << 20;
+  static constexpr size_t kMinBytes = size_t(1) << 20;
+
+  BufferPool() {
+    const char* env = std::getenv("SOENSIM_GRU_POOL_MB");
+    long long mb = 2048;
+    if (env != nullptr && *env != '\0') mb = std::atoll(env);
+    limit_ = mb <= 0 ? 0 : static_cast<size_t>(mb) << 20;
+  }
+
+  size_t limit() {
+    std::lock_guard<std::mutex> g(mu_);
+    return limit_;
+  }
+
+  void* take(size_t cap) {
+    std::lock_guard<std::mutex> g(mu_);
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if (it->cap == cap) {
+        void* p = it->ptr;
+        cached_ -= cap;
+        free_.erase(it);
+        ++hits_;
+        return p;
+      }
+    }
+    return nullptr;
+  }
+
+  void put(void* p, size_t cap) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (cap <= limit_) {
+        free_.push_front(Entry{cap, p});
+        cached_ += cap;
+        p = nullptr;
+      }
+    }
+    if (p != nullptr) std::free(p);
+    trim();
+  }
+
+  void trim() {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      while (cached_ > limit_ && !free_.empty()) {
+        cached_ -= free_.back().cap;
+        drop.push_back(free_.back().ptr);
+        free_.pop_back();
+      }
+    }
+    for (void* q : drop) std::free(q);
+  }
+
+  static void release(void* ctx) {
+    auto* blk = static_cast<Block*>(ctx);
+    instance().put(blk->ptr, blk->cap);
+    delete blk;
+  }
+
+  std::mutex mu_;
+  std::list<Entry> free_;
+  size_t cached_ = 0;
+  size_t limit_ = 0;
+  int64_t hits_ = 0;
+  int64_t misses_ = 0;
+};
+
+at::Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& opt) {
+  return BufferPool::instance().empty(sizes, opt);
+}
+
+// ------------------------------------------------------------- time loops
+template <typename T>
+void forward_loop(const at::Tensor& gi, const at::Tensor& h0,
+                  const at::Tensor& w_hh_t, const at::Tensor& b_hh,
+                  at::Tensor& out, at::Tensor* saved, int64_t mode) {
+  const int64_t T_ = gi.size(0), B = gi.size(1), H = h0.size(1);
+  const int64_t G = gates_of(mode), K = saved_of(mode);
+  const Kernels<T> k = kernels_for<T>(mode);
+  at::Tensor gh = at::empty({B, G * H}, gi.options());
+  const T* gi_p = gi.data_ptr<T>();
+  T* out_p = out.data_ptr<T>();
+  T* sv_p = saved ? saved->data_ptr<T>() : nullptr;
+  FwdArgs<T> a{nullptr, gh.data_ptr<T>(), nullptr, nullptr, nullptr, B, H};
+  for (int64_t t = 0; t < T_; ++t) {
+    at::addmm_out(gh, b_hh, t == 0 ? h0 : out.select(0, t - 1), w_hh_t);
+    a.gi = gi_p + t * B * G * H;
+    a.hp = t == 0 ? h0.data_ptr<T>() : out_p + (t - 1) * B * H;
+    a.hn = out_p + t * B * H;
+    if (sv_p) {
+      a.sv = sv_p + t * B * K * H;
+      k.fwd_save(a);
+    } else {
+      k.fwd_nosave(a);
+    }
+  }
+}
+
+template <typename T>
 std::vector<at::Tensor> backward_loop(const at::Tensor& grad_out,
                                       const at::Tensor& grad_hT,
                                       const at::Tensor& h0,
                                       const at::Tensor& w_hh,
                                       const at::Tensor& out,
-                                      const at::Tensor& saved) {
+                                      const at::Tensor& saved, int64_t mode) {
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
-  const int64_t G = gates_of(M), K = saved_of(M);
-  at::Tensor d_gi = at::empty({T_, B, G * H}, out.options());
-  at::Tensor d_gh = at::empty({T_, B, G * H}, out.options());
-  at::Tensor cur = at::zeros({B, H}, out.options());
-  at::Tensor nxt = at::empty({B, H}, out.options());
+  const int64_t G = gates_of(mode), K = saved_of(mode), GH = G * H;
+  const Kernels<T> k = kernels_for<T>(mode);
+  const auto opt = out.options();
+  at::Tensor d_gi = empty_big({T_, B, GH}, opt);
+  at::Tensor d_ghn = empty_big({T_, B, H}, opt);  // dL/dgh_n, all steps
+  at::Tensor db_steps = at::empty({T_, GH}, opt);
+  at::Tensor dgh = at::empty({B, GH}, opt);       // dL/dgh, this step
+  at::Tensor cur = at::zeros({B, H}, opt);
+  at::Tensor nxt = at::empty({B, H}, opt);
+  at::Tensor zero = at::zeros({B, H}, opt);
   const bool has_go = grad_out.defined();
   if (has_go) cur.add_(grad_out.select(0, T_ - 1));
   if (grad_hT.defined()) cur.add_(grad_hT);
   const T* go_p = has_go ? grad_out.data_ptr<T>() : nullptr;
   const T* out_p = out.data_ptr<T>();
-  const T* h0_p = h0.data_ptr<T>();
   const T* sv_p = saved.data_ptr<T>();
-  T* dgi_p = d_gi.data_ptr<T>();
-  T* dgh_p = d_gh.data_ptr<T>();
+  BwdArgs<T> a{};
+  a.dgh = dgh.data_ptr<T>();
+  a.B = B;
+  a.H = H;
   for (int64_t t = T_ - 1; t >= 0; --t) {
-    const T* hp_p = t == 0 ? h0_p : out_p + (t - 1) * B * H;
-    const T* dprev = (has_go && t > 0) ? go_p + (t - 1) * B * H : nullptr;
-    bwd_step<T, M>(cur.data_ptr<T>(), hp_p, sv_p + t * B * K * H, dprev,
-                   dgi_p + t * B * G * H, dgh_p + t * B * G * H,
-                   nxt.data_ptr<T>(), B, H);
-    nxt.addmm_(d_gh.select(0, t), w_hh);
+    a.dh = cur.data_ptr<T>();
+    a.hp = t == 0 ? h0.data_ptr<T>() : out_p + (t - 1) * B * H;
+    a.sv = sv_p + t * B * K * H;
+    a.dprev = (has_go && t > 0) ? go_p + (t - 1) * B * H : zero.data_ptr<T>();
+    a.dgi = d_gi.data_ptr<T>() + t * B * GH;
+    a.dghn = d_ghn.data_ptr<T>() + t * B * H;
+    a.db = db_steps.data_ptr<T>() + t * GH;
+    a.dnext = nxt.data_ptr<T>();
+    k.bwd(a);
+    nxt.addmm_(dgh, w_hh);  // dh_{t-1} = dh_t z + dout_{t-1} + dgh_t W_hh
     std::swap(cur, nxt);
   }
-  // Weight gradients: one GEMM over all steps (h_{t-1} = out[t-1], h_{-1} = h0).
-  at::Tensor d_w = at::mm(d_gh.select(0, 0).t(), h0);
-  if (T_ > 1) {
-    d_w.addmm_(d_gh.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G * H}).t(),
-               out.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}));
-  }
-  at::Tensor d_b = d_gh.reshape({T_ * B, G * H}).sum(0);
+  // dW_hh = sum_t dgh_t^T h_{t-1}, one GEMM per gate block over all steps.
+  // dgh equals dgi except in the n block, whose values are kept in d_ghn.
+  at::Tensor d_w = at::empty({GH, H}, opt);
+  const at::Tensor gi2 = d_gi.view({T_ * B, GH});
+  const at::Tensor ghn2 = d_ghn.view({T_ * B, H});
+  const at::Tensor hprev = out.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H});
+  auto block = [&](const at::Tensor& src, int64_t row0, int64_t rows) {
+    // src: (T*B, rows) gradients of this block; rows of step 0 pair with h0.
+    at::Tensor dst = d_w.narrow(0, row0, rows);
+    at::mm_out(dst, src.narrow(0, 0, B).t(), h0);
+    if (T_ > 1) dst.addmm_(src.narrow(0, B, (T_ - 1) * B).t(), hprev);
+  };
+  block(gi2.narrow(1, 0, 2 * H), 0, 2 * H);
+  block(ghn2, 2 * H, H);
+  if (G == 4) block(gi2.narrow(1, 3 * H, H), 3 * H, H);
+  at::Tensor d_b = db_steps.sum(0);
   return {d_gi, cur, d_w, d_b};
 }
-
 void check_inputs(const at::Tensor& gi, const at::Tensor& h0,
                   const at::Tensor& w_hh, const at::Tensor& b_hh, int64_t mode) {
   TORCH_CHECK(mode == kSigmoid || mode == kRefine || mode == kSst,
               "soensim gru_cpu: unknown mode id ", mode);
   TORCH_CHECK(gi.device().is_cpu(), "soensim gru_cpu: gi must be on the CPU");
-  TORCH_CHECK(gi.dim() == 3 && h0.dim() == 2 && w_hh.dim() == 2 &&
-                  b_hh.dim() == 1,
+  TORCH_CHECK(gi.dim() == 3 && h0.dim() == 2 && w_hh.dim() == 2 && b_hh.dim() == 1,
               "soensim gru_cpu: bad ranks");
   const int64_t G = gates_of(static_cast<int>(mode));
-  const int64_t B = gi.size(1), H = h0.size(1);
-  TORCH_CHECK(h0.size(0) == B && gi.size(2) == G * H &&
-                  w_hh.size(0) == G * H && w_hh.size(1) == H &&
-                  b_hh.size(0) == G * H,
+  const int64_t T_ = gi.size(0), B = gi.size(1), H = h0.size(1);
+  TORCH_CHECK(T_ > 0, "soensim gru_cpu: empty sequence");
+  TORCH_CHECK(h0.size(0) == B && gi.size(2) == G * H && w_hh.size(0) == G * H &&
+                  w_hh.size(1) == H && b_hh.size(0) == G * H,
               "soensim gru_cpu: inconsistent shapes");
   for (const at::Tensor* x : {&gi, &h0, &w_hh, &b_hh}) {
     TORCH_CHECK(x->is_contiguous(), "soensim gru_cpu: inputs must be contiguous");
@@ -417,65 +586,45 @@ void check_inputs(const at::Tensor& gi, const at::Tensor& h0,
 
 // Returns {out (T,B,H), saved (T,B,K*H) or an empty tensor when save is false}.
 std::vector<at::Tensor> gru_forward(const at::Tensor& gi, const at::Tensor& h0,
-                                   const at::Tensor& w_hh,
-                                   const at::Tensor& b_hh, int64_t mode,
-                                   bool save) {
+                                    const at::Tensor& w_hh, const at::Tensor& b_hh,
+                                    int64_t mode, bool save) {
   check_inputs(gi, h0, w_hh, b_hh, mode);
   c10::NoGradGuard no_grad;
   const int64_t T_ = gi.size(0), B = gi.size(1), H = h0.size(1);
   const int64_t K = saved_of(static_cast<int>(mode));
-  at::Tensor out = at::empty({T_, B, H}, gi.options());
-  at::Tensor saved = save ? at::empty({T_, B, K * H}, gi.options())
+  at::Tensor out = empty_big({T_, B, H}, gi.options());
+  at::Tensor saved = save ? empty_big({T_, B, K * H}, gi.options())
                           : at::empty({0}, gi.options());
   const at::Tensor w_t = w_hh.t();
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "soensim_gru_forward", [&] {
-    at::Tensor* sp = save ? &saved : nullptr;
-    switch (mode) {
-      case kSigmoid:
-        forward_loop<scalar_t, kSigmoid>(gi, h0, w_t, b_hh, out, sp);
-        break;
-      case kRefine:
-        forward_loop<scalar_t, kRefine>(gi, h0, w_t, b_hh, out, sp);
-        break;
-      default:
-        forward_loop<scalar_t, kSst>(gi, h0, w_t, b_hh, out, sp);
-        break;
-    }
+    forward_loop<scalar_t>(gi, h0, w_t, b_hh, out, save ? &saved : nullptr, mode);
   });
   return {out, saved};
 }
 
-// grad_out / grad_hT may be undefined (None).  Returns {d_gi, d_h0, d_w_hh, d_b_hh}.
+// grad_out / grad_hT may be None.  Returns {d_gi, d_h0, d_w_hh, d_b_hh}.
 std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& grad_out,
-                                    const std::optional<at::Tensor>& grad_hT,
-                                    const at::Tensor& h0,
-                                    const at::Tensor& w_hh,
-                                    const at::Tensor& out,
-                                    const at::Tensor& saved, int64_t mode) {
+                                     const std::optional<at::Tensor>& grad_hT,
+                                     const at::Tensor& h0, const at::Tensor& w_hh,
+                                     const at::Tensor& out, const at::Tensor& saved,
+                                     int64_t mode) {
   TORCH_CHECK(mode == kSigmoid || mode == kRefine || mode == kSst,
               "soensim gru_cpu: unknown mode id ", mode);
   c10::NoGradGuard no_grad;
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
   const int64_t K = saved_of(static_cast<int>(mode));
-  TORCH_CHECK(saved.dim() == 3 && saved.size(0) == T_ && saved.size(1) == B &&
-                  saved.size(2) == K * H,
+  TORCH_CHECK(T_ > 0 && saved.dim() == 3 && saved.size(0) == T_ &&
+                  saved.size(1) == B && saved.size(2) == K * H,
               "soensim gru_cpu: saved activations missing or of the wrong shape");
+  TORCH_CHECK(out.is_contiguous() && saved.is_contiguous() && h0.is_contiguous() &&
+                  w_hh.is_contiguous(),
+              "soensim gru_cpu: saved tensors must be contiguous");
   at::Tensor go, gh;
   if (grad_out.has_value() && grad_out->defined()) go = grad_out->contiguous();
   if (grad_hT.has_value() && grad_hT->defined()) gh = grad_hT->contiguous();
   std::vector<at::Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "soensim_gru_backward", [&] {
-    switch (mode) {
-      case kSigmoid:
-        res = backward_loop<scalar_t, kSigmoid>(go, gh, h0, w_hh, out, saved);
-        break;
-      case kRefine:
-        res = backward_loop<scalar_t, kRefine>(go, gh, h0, w_hh, out, saved);
-        break;
-      default:
-        res = backward_loop<scalar_t, kSst>(go, gh, h0, w_hh, out, saved);
-        break;
-    }
+    res = backward_loop<scalar_t>(go, gh, h0, w_hh, out, saved, mode);
   });
   return res;
 }
@@ -499,6 +648,11 @@ at::Tensor fast_tanh(const at::Tensor& x) {
   return y;
 }
 
+// Buffer pool control: {cached bytes, cached blocks, hits, misses, limit bytes}.
+std::vector<int64_t> pool_stats() { return BufferPool::instance().stats(); }
+void pool_clear() { BufferPool::instance().clear(); }
+void pool_set_limit(int64_t bytes) { BufferPool::instance().set_limit(bytes); }
+
 // Registered as torch.ops.soensim_gru.*; the Python side wraps them in an
 // autograd.Function (gates/kernels/cpu.py).
 TORCH_LIBRARY(soensim_gru, m) {
@@ -506,6 +660,9 @@ TORCH_LIBRARY(soensim_gru, m) {
   m.def("backward(Tensor? grad_out, Tensor? grad_hT, Tensor h0, Tensor w_hh, Tensor out, Tensor saved, int mode) -> Tensor[]");
   m.def("fast_sigmoid(Tensor x) -> Tensor");
   m.def("fast_tanh(Tensor x) -> Tensor");
+  m.def("pool_stats() -> int[]", &pool_stats);
+  m.def("pool_clear() -> ()", &pool_clear);
+  m.def("pool_set_limit(int bytes) -> ()", &pool_set_limit);
 }
 
 TORCH_LIBRARY_IMPL(soensim_gru, CPU, m) {
