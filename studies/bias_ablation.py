@@ -229,7 +229,11 @@ def image_task(cfg: RunConfig) -> TaskData:
     test_idx = torch.arange(len(te_y))
     if cfg.test_subset is not None:
         test_idx = stratified_indices(te_y, cfg.test_subset, SPLIT_SEED)
-    seq = functools.partial(to_sequences, size=cfg.image_size, channels=cfg.channels, permute=cfg.permute)
+    def seq(images: Tensor, chunk: int = 5000) -> Tensor:  # chunks bound the float copy of the images
+        return torch.cat([to_sequences(images[i:i + chunk], cfg.image_size, cfg.channels, cfg.permute)
+                          for i in range(0, len(images), chunk)]) if len(images) else \
+            torch.zeros(0, cfg.image_size ** 2, cfg.channels)
+
     x_train = seq(tr_x[train_idx])
     mean = x_train.mean(dim=(0, 1), keepdim=True)
     std = x_train.std(dim=(0, 1), keepdim=True).clamp_min(1e-6)

@@ -26,18 +26,33 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "load", "build_info", "CppImpl", "SOURCE", "EXT_NAME"]
+__all__ = [
+    "available",
+    "load",
+    "build_info",
+    "empty_pooled",
+    "empty_cache",
+    "pool_stats",
+    "CppImpl",
+    "SOURCE",
+    "EXT_NAME",
+]
 
 SOURCE = Path(__file__).with_name("gru_cpu.cpp")
 EXT_NAME = "soensim_gru_cpu"
 # -O3 only: the float element loops are multi-versioned inside the source
 # (x86-64-v4 / v3 / baseline picked at load time), so no -march=native is needed
-# and a cached build stays valid on another x86-64 machine.
-EXTRA_CFLAGS = ["-O3"]
+# and a cached build stays valid on another x86-64 machine.  -fopenmp lets the
+# element loops of a step use torch's OpenMP threads (the libgomp torch already
+# loaded); if that build fails, a serial build is tried.
+BUILD_VARIANTS = (
+    {"extra_cflags": ["-O3", "-fopenmp"], "extra_ldflags": ["-fopenmp"]},
+    {"extra_cflags": ["-O3"], "extra_ldflags": []},
+)
 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "error": None, "path": None, "seconds": None}
+_state: dict = {"loaded": False, "error": None, "path": None, "seconds": None, "flags": None}
 
 
 def _build_directory() -> Path:
@@ -70,27 +85,45 @@ def load(verbose: bool = False) -> bool:
             build_dir = _build_directory()
             build_dir.mkdir(parents=True, exist_ok=True)
             _log.info("building/loading %s in %s", EXT_NAME, build_dir)
-            path = _load_ext(
-                name=EXT_NAME,
-                sources=[str(SOURCE)],
-                extra_cflags=EXTRA_CFLAGS,
-                build_directory=str(build_dir),
-                is_python_module=False,
-                verbose=verbose,
-            )
+            path, errors = None, []
+            for variant in BUILD_VARIANTS:
+                try:
+                    path = _load_ext(
+                        name=EXT_NAME,
+                        sources=[str(SOURCE)],
+                        build_directory=str(build_dir),
+                        is_python_module=False,
+                        verbose=verbose,
+                        **variant,
+                    )
+                    _state["flags"] = variant["extra_cflags"]
+                    break
+                except Exception as exc:  # try the next variant
+                    errors.append(exc)
+            if path is None:
+                raise errors[0]
             torch.ops.soensim_gru.forward  # noqa: B018  (raises if not registered)
         except Exception as exc:  # any build or load failure -> generic fallback
             _state["error"] = exc
             warnings.warn(
-                f"soensim: could not build the C++ GRU kernel ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); "
-                "falling back to the generic torch implementation (slower on CPU).",
+                f"soensim: could not build the C++ GRU kernel ({_summary(exc)}); "
+                "falling back to the generic torch implementation (slower on CPU). "
+                "gates.kernels.cpu.build_info() has the details.",
                 RuntimeWarning,
                 stacklevel=3,
             )
             return False
         _state.update(loaded=True, path=path, seconds=time.perf_counter() - t0)
         return True
+
+
+def _summary(exc: BaseException) -> str:
+    """The first compiler error line of a build failure, else the last line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "error:" in ln:
+            return ln[:300]
+    return f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"
 
 
 def available() -> bool:
@@ -104,9 +137,35 @@ def build_info() -> dict:
         "loaded": _state["loaded"],
         "path": _state["path"],
         "load_seconds": _state["seconds"],
+        "cflags": _state["flags"],
         "error": None if _state["error"] is None else repr(_state["error"]),
         "disabled_by_env": _disabled(),
     }
+
+
+def empty_pooled(shape, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized contiguous CPU tensor from the kernel's buffer pool."""
+    return torch.ops.soensim_gru.empty_pooled(list(shape), dtype)
+
+
+def pool_stats() -> dict:
+    """Buffer-pool counters: bytes/blocks held for reuse, hits, misses, limit."""
+    if not load():
+        return {}
+    cached, blocks, hits, misses, limit = torch.ops.soensim_gru.pool_stats()
+    return {
+        "cached_bytes": cached,
+        "cached_blocks": blocks,
+        "hits": hits,
+        "misses": misses,
+        "limit_bytes": limit,
+    }
+
+
+def empty_cache() -> None:
+    """Return the buffers the pool holds for reuse to the OS."""
+    if _state["loaded"]:
+        torch.ops.soensim_gru.pool_clear()
 
 
 class CppImpl:
