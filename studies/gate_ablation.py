@@ -21,6 +21,7 @@ N = 100, 1,500 and 1,000 steps).
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -138,8 +139,6 @@ def task_spec(task: str, n: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
     """Fig. 3-style loss curves (log scale, per task) and Fig. 4-style gate histograms."""
-    import math
-
     sdir = Path(sdir)
     is_copy: Callable[[str], bool] = lambda r: r.startswith("copy-")  # noqa: E731
     is_add: Callable[[str], bool] = lambda r: r.startswith("adding-")  # noqa: E731

@@ -291,10 +291,10 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
     sdir = Path(sdir)
     table = results_table(sdir)
     info = read_study_file(sdir)
-    cols = [c for c in (table[0].keys() if table else []) if not c.endswith("_std")]
-    csv_cols = list(table[0].keys()) if table else []
+    csv_cols = list(dict.fromkeys(k for rec in table for k in rec))
+    cols = [c for c in csv_cols if not c.endswith("_std")]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=csv_cols, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=csv_cols, lineterminator="\n", restval="")
     writer.writeheader()
     for rec in table:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
@@ -305,7 +305,7 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
         lines += [str(info["notes"]), ""]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for rec in table:
-        lines.append("| " + " | ".join(_fmt(rec[c], rec.get(c + "_std")) for c in cols) + " |")
+        lines.append("| " + " | ".join(_fmt(rec.get(c), rec.get(c + "_std")) for c in cols) + " |")
     lines.append("")
     md_path = sdir / "results.md"
     write_text_atomic(md_path, "\n".join(lines))

@@ -15,7 +15,6 @@ with the same initialization.
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Any
 
 import torch

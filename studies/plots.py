@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -51,9 +52,7 @@ def _median_band(series: list[tuple[list[float], list[float]]]) -> tuple[list[fl
         common &= set(xs)
     xs = sorted(common)
     cols = [[dict(zip(sx, sy))[x] for sx, sy in series] for x in xs]
-    med = [sorted(c)[len(c) // 2] if len(c) % 2 else 0.5 * (sorted(c)[len(c) // 2 - 1] + sorted(c)[len(c) // 2])
-           for c in cols]
-    return xs, med, [min(c) for c in cols], [max(c) for c in cols]
+    return xs, [statistics.median(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols]
 
 
 def _smooth(ys: list[float], k: int) -> list[float]:

@@ -906,6 +906,9 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = True,
     summary_path = run_dir / SUMMARY_FILE
     if resume and summary_path.exists():
         return json.loads(summary_path.read_text(encoding="utf-8"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / CHECKPOINT_FILE).exists():  # the config is on disk even if building fails
+        write_json_atomic(run_dir / CONFIG_FILE, cfg.to_dict())
     with _threads(cfg.threads):
         torch.manual_seed(cfg.seed)
         model, data = get_study(cfg.study).build(cfg)

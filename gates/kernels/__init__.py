@@ -33,7 +33,8 @@ through a hand-written backward (first order only). Backends:
 with the C++ backend its output comes from the kernel's buffer pool, which saves
 re-faulting ~100 MB of fresh memory per training step at s-CIFAR sizes.
 The pool keeps freed kernel buffers for reuse up to ``SOENSIM_GRU_POOL_MB``
-(default 2048; 0 disables it); ``gates.kernels.cpu.empty_cache()`` releases them.
+(default: a quarter of RAM, at most 8 GiB; 0 disables it);
+``gates.kernels.cpu.empty_cache()`` releases them, ``cpu.pool_stats()`` counts.
 """
 
 from __future__ import annotations

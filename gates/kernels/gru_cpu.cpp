@@ -34,10 +34,12 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -360,8 +362,9 @@ Kernels<float> kernels_for<float>(int64_t mode) {
 // from the OS costs a page fault and a page clear per page — as much time as the
 // arithmetic here — while a training loop asks for the same sizes every step.
 // Freed buffers (the tensors' storage deleter hands them back) are kept, most
-// recent first, up to a byte limit (SOENSIM_GRU_POOL_MB, default 2048; 0 turns
-// the pool off); older ones are returned to the OS.  New blocks are 2 MiB
+// recent first, up to a byte limit (SOENSIM_GRU_POOL_MB; default a quarter of
+// physical memory, at most 8 GiB; 0 turns the pool off); older ones are
+// returned to the OS.  New blocks are 2 MiB
 // aligned and ask for transparent huge pages (best effort).
 class BufferPool {
  public:
@@ -440,6 +443,11 @@ class BufferPool {
   BufferPool() {
     const char* env = std::getenv("SOENSIM_GRU_POOL_MB");
     long long mb = 2048;
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0)
+      mb = std::min<long long>(8192, (static_cast<long long>(pages) * page >> 20) / 4);
+#endif
     if (env != nullptr && *env != '\0') mb = std::atoll(env);
     limit_ = mb <= 0 ? 0 : static_cast<size_t>(mb) << 20;
   }
