@@ -85,7 +85,7 @@ def source_function(phi: Union[float, Tensor], i: Union[float, Tensor], fit: Sou
         ``g`` with the broadcast shape, in the dtype of the tensor argument(s). Periodic in
         ``phi`` with period 1, even (``g(φ) = g(-φ) = g(1 - φ)``), rising from the threshold
         :func:`source_threshold` up to ``φ = 1/2``. Below threshold ``g`` is not exactly zero
-        but ``≤ sigmoid(100·D)·ε^(1/N)`` (< 1e-4 once ``D < -0.03``), which keeps it smooth for
+        but ``≤ sigmoid(100·D)·ε^(1/N)`` (< 1e-4 once ``D < -0.04``), which keeps it smooth for
         adaptive solvers.
     """
     phi_t = _tensor(phi, i if isinstance(i, Tensor) else None)
