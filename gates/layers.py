@@ -114,11 +114,12 @@ class _GatedRNN(nn.Module):
         """The path ``forward`` takes for the current settings."""
         if self.implementation != "auto":
             return self.implementation
-        if self.gate == "-":
-            return "torch"
+        on_cuda = self.weight_hh_l0.is_cuda
+        if self.gate == "-" and (on_cuda or self.core == "lstm"):
+            return "torch"  # cuDNN / oneDNN
         if self.core == "gru" and self.mechanism.fused_mode in available_modes():
-            return "fused"
-        return "reference"
+            return "fused"  # on CPU the fused loop beats torch.nn.GRU (see docs/benchmarks.md)
+        return "torch" if self.gate == "-" else "reference"
 
     def _check_input(self, x: Tensor) -> tuple[Tensor, bool]:
         if x.dim() not in (2, 3):
