@@ -288,34 +288,39 @@ class _Sigmoid:
     name = "sigmoid"
     leaky = True
 
-    def bias_for_tau(self, tau: Tensor, dt: float) -> Tensor:
-        return tau_to_bias(tau, dt)
+    def decay_biases(self, tau: Tensor, dt: float, decay_gate: str) -> dict[str, Tensor]:
+        return {decay_gate: tau_to_bias(tau, dt)}
 
     def tau_for_bias(self, bias: Tensor, dt: float) -> Tensor | None:
         return bias_to_tau(bias, dt)
 
 
 class _ContractMechanism:
-    """Adapter around a gates mechanism exposing ``bias_for_decay(z)``."""
+    """Adapter around a gates mechanism: ``bias_for_decay(z)`` → ``{block: bias}`` (or one
+    tensor for the decay block), optional ``decay_for_bias(b)`` and ``leaky``."""
 
     def __init__(self, mechanism: Any) -> None:
         self.mechanism = mechanism
         self.name = str(getattr(mechanism, "name", type(mechanism).__name__))
         self.leaky = bool(getattr(mechanism, "leaky", True)) and callable(getattr(mechanism, "bias_for_decay", None))
 
-    def bias_for_tau(self, tau: Tensor, dt: float) -> Tensor:
+    def decay_biases(self, tau: Tensor, dt: float, decay_gate: str) -> dict[str, Tensor]:
         z = decay(tau, dt)
         try:
-            b = self.mechanism.bias_for_decay(z)
-        except NotImplementedError as exc:
+            out = self.mechanism.bias_for_decay(z)
+        except (NotImplementedError, ValueError) as exc:
             raise ValueError(f"gate mechanism {self.name!r} is not leaky: {exc}") from exc
-        return torch.as_tensor(b, dtype=torch.float64).reshape(z.shape)
+        if not isinstance(out, Mapping):
+            out = {decay_gate: out}
+        if decay_gate not in out:
+            raise ValueError(f"gate mechanism {self.name!r}: bias_for_decay gave blocks {list(out)}, not the decay block {decay_gate!r}")
+        return {str(k): torch.as_tensor(v, dtype=torch.float64).reshape(z.shape) for k, v in out.items()}
 
     def tau_for_bias(self, bias: Tensor, dt: float) -> Tensor | None:
         inv = getattr(self.mechanism, "decay_for_bias", None)
-        if inv is None:
+        if inv is None or not self.leaky:
             return None
-        z = torch.as_tensor(inv(bias), dtype=torch.float64)
+        z = torch.as_tensor(inv(bias.double()), dtype=torch.float64)
         return -dt / torch.log(z)
 
 
@@ -349,6 +354,14 @@ class _Cell:
     @property
     def hidden(self) -> int:
         return int(self.blocks[self.decay_gate].numel()) if self.decay_gate else self.rows
+
+    def design_biases(self, tau: Tensor, dt: float) -> dict[str, Tensor]:
+        """Bias per block (float64) that realises decay exp(-dt/tau) in the decay gate."""
+        out = self.mechanism.decay_biases(tau, dt, self.decay_gate)
+        unknown = [b for b in out if b not in self.blocks]
+        if unknown:
+            raise ValueError(f"{self.label}: bias_for_decay names blocks {unknown} not in gate_blocks() {list(self.blocks)}")
+        return out
 
 
 _TORCH_BLOCKS: dict[type, tuple[str, tuple[str, ...], str, str | None, str]] = {
@@ -408,10 +421,10 @@ def _cells_of(m: nn.Module, name: str) -> list[_Cell]:
         mechanism = getattr(m, "mechanism", None)
         mech = _ContractMechanism(mechanism) if mechanism is not None else _Sigmoid()
         bnames = list(blocks_spec.keys()) if isinstance(blocks_spec, Mapping) else [str(s) for s in blocks_spec]
-        default_c = "n" if "n" in bnames else ("g" if "g" in bnames else None)
-        cgate = getattr(m, "candidate_gate", default_c)
-        default_r = "r" if ("n" in bnames and "r" in bnames and dgate == "z") else None
-        rgate = getattr(m, "reset_gate", default_r)
+        first = lambda *opts: next((o for o in opts if o in bnames), None)  # noqa: E731
+        cgate = getattr(m, "candidate_gate", None) or first("candidate", "n", "cell", "g")
+        gru_like = dgate in ("update", "z")
+        rgate = getattr(m, "reset_gate", None) or (first("reset", "r") if gru_like else None)
     cells = []
     for suffix, g in groups.items():
         ref = g.get("bias_ih") or g.get("bias_hh") or g.get("weight_ih") or g.get("weight_hh")
@@ -633,20 +646,23 @@ def constrain(
         if fix_tau:
             if explicit:
                 b = _per_cell(update_bias, cell, len(cells))
-                tau = cell.mechanism.tau_for_bias(b, step) if cell.mechanism.leaky else None
-                tag = f"{cell.decay_gate}: given bias ∈ [{b.min().item():.3g}, {b.max().item():.3g}]"
+                tau = cell.mechanism.tau_for_bias(b, step)
+                design = {cell.decay_gate: b}
+                tag = f"given bias ∈ [{b.min().item():.3g}, {b.max().item():.3g}]"
             else:
                 tau = profile.unit_taus(cell.hidden, seed + cell.index, spread=spread)
-                b = cell.mechanism.bias_for_tau(tau, step)
-                if not torch.isfinite(b).all():
-                    raise ValueError(f"{where}: non-finite decay bias for τ in [{tau.min():g}, {tau.max():g}] s at dt={step:g} s")
-                tag = f"{cell.decay_gate}: τ ∈ [{tau.min().item():.3g}, {tau.max().item():.3g}] s"
-            biases[cell.label] = b
+                design = cell.design_biases(tau, step)
+                tag = f"τ ∈ [{tau.min().item():.3g}, {tau.max().item():.3g}] s"
+            for block, values in design.items():
+                if not torch.isfinite(values).all():
+                    raise ValueError(f"{where}: non-finite {block!r} bias for τ in [{tau.min():g}, {tau.max():g}] s at dt={step:g} s")
+                what = tag if block == cell.decay_gate else f"{values.min().item():.3g}…{values.max().item():.3g} (τ fixed)"
+                freeze(cell, cell.bias_ih or cell.bias_hh, block, values, f"{block}: {what}")
+                if cell.bias_ih is not None and cell.bias_hh is not None:
+                    freeze(cell, cell.bias_hh, block, 0.0, f"{block}: 0")
+            biases[cell.label] = design[cell.decay_gate]
             if tau is not None:
                 taus[cell.label] = tau
-            freeze(cell, cell.bias_ih or cell.bias_hh, cell.decay_gate, b, tag)
-            if cell.bias_ih is not None and cell.bias_hh is not None:
-                freeze(cell, cell.bias_hh, cell.decay_gate, 0.0, f"{cell.decay_gate}: 0")
         elif zero_update:
             for pname in (cell.bias_ih, cell.bias_hh):
                 freeze(cell, pname, cell.decay_gate, 0.0, f"{cell.decay_gate}: 0")  # type: ignore[arg-type]
@@ -824,11 +840,11 @@ def _quantization_levels(ctx: CheckContext) -> Iterator[Violation]:
             )
 
 
-def _expected_decay_bias(ctx: CheckContext, cell: _Cell) -> Tensor:
+def _expected_biases(ctx: CheckContext, cell: _Cell) -> dict[str, Tensor]:
     if ctx.update_bias is not None:
-        return _per_cell(ctx.update_bias, cell, len(ctx.cells))
+        return {cell.decay_gate: _per_cell(ctx.update_bias, cell, len(ctx.cells))}  # type: ignore[dict-item]
     tau = ctx.profile.unit_taus(cell.hidden, ctx.seed + cell.index, spread=ctx.spread)
-    return cell.mechanism.bias_for_tau(tau, ctx.dt)
+    return cell.design_biases(tau, ctx.dt)
 
 
 def _not_leaky(ctx: CheckContext, cell: _Cell, rule: str) -> Violation | None:

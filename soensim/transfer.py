@@ -40,11 +40,17 @@ Time is in the unit of ``dt`` (seconds for hardware profiles, "steps" with
 sigmoid gates, candidate ``tanh·|tanh|``). cumax/master mechanisms (``O``, ``OM``,
 ``UM``, ``OR``) mix units and are not a per-unit leaky integration; they are refused.
 
+Solvers come from the :mod:`soensim.simulate` registry. :class:`ContinuousGRU` is a
+:class:`~soensim.dynamics.DrivenSystem` (drive = input projection, vector field with
+the gates following the state), so ``simulate(cont, x, cont.dt, method)`` runs the
+``hold="input"`` model; :meth:`ContinuousGRU.run` runs either hold, per input step
+through the same registry, and adds the per-step noise of :mod:`soensim.nonideal`.
+
 Example::
 
     cont = to_continuous(gru, dt=1.0)          # float64 copy of the weights
     y, h_n = cont.run(x)                        # exact integrator == gru(x.double())
-    y2, _ = cont.run(x, method="dopri5", rtol=1e-10, atol=1e-12)
+    y2, _ = cont.run(x, method="dopri5", rtol=1e-10, atol=1e-12)   # same, to tolerance
 """
 from __future__ import annotations
 
@@ -55,6 +61,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .dynamics import Discretization, DrivenSystem, leaky_step, leaky_vector_field
+from .simulate import get_solver, simulate
 
 #: Fused recurrence modes (gates.kernels) → gate blocks in kernel order.
 MODE_BLOCKS: dict[str, tuple[str, ...]] = {
@@ -70,9 +79,6 @@ GATE_MODES: dict[str, str] = {"-": "sigmoid", "C": "sigmoid", "U": "sigmoid", "R
 
 #: Mechanisms that are not a per-unit leaky integration (cumax / master gates).
 NOT_LEAKY = ("O", "OM", "UM", "OR")
-
-#: torchdiffeq methods with a fixed step (``step_size`` option) — given ``substeps`` per step.
-FIXED_GRID = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams", "heun3", "heun2", "euler_ck")
 
 HOLDS = ("gates", "input")
 
@@ -109,21 +115,10 @@ def gru_gates(gi: Tensor, gh: Tensor, mode: str) -> tuple[Tensor, Tensor]:
     return log_g, n
 
 
-def leaky_rate(log_g: Tensor, dt: float, tau_scale: Tensor | None = None) -> Tensor:
-    """``1/τ = -log g / dt`` (divided by the per-unit fabrication factor ``tau_scale``)."""
-    rate = -log_g / dt
-    return rate if tau_scale is None else rate / tau_scale
-
-
-def leaky_field(h: Tensor, target: Tensor, rate: Tensor) -> Tensor:
-    """The vector field ``dh/dt = (n - h)·rate`` of a leaky integrator."""
-    return (target - h) * rate
-
-
-def leaky_exact(h: Tensor, target: Tensor, rate: Tensor, span: float) -> Tensor:
-    """Exact solution of :func:`leaky_field` after ``span`` with target and rate held:
-    ``h + (1 - e^{-rate·span})(n - h)``."""
-    return h - torch.expm1(-rate * span) * (target - h)
+def unit_tau(log_g: Tensor, dt: float, tau_scale: Tensor | None = None) -> Tensor:
+    """``τ = -dt / log g`` per unit (times the fabrication factor ``tau_scale``), in the unit of ``dt``."""
+    tau = dt / -log_g
+    return tau if tau_scale is None else tau * tau_scale
 
 
 # =============================================================================
@@ -155,8 +150,18 @@ def _layer_mode(layer: nn.Module) -> str:
     return mode
 
 
+def _pick(blocks: Mapping[str, Tensor], *names: str | None) -> str | None:
+    for n in names:
+        if n is not None and n in blocks:
+            return n
+    return None
+
+
 def _block_rows(layer: nn.Module, rows: int, mode: str) -> list[Tensor]:
-    """Row indices of the blocks in kernel order (r, z, n[, rho]) for a contract layer."""
+    """Row indices of the blocks in kernel order (r, z, n[, rho]) for a contract layer.
+
+    Block names may be the short (``r``, ``z``, ``n``) or long ones of
+    :mod:`gates.mechanisms` (``reset``, ``update``, ``candidate``, ``refine``)."""
     spec = layer.gate_blocks()
     if isinstance(spec, Mapping):
         blocks = {}
@@ -168,22 +173,24 @@ def _block_rows(layer: nn.Module, rows: int, mode: str) -> list[Tensor]:
         names = [str(s) for s in spec]
         h = rows // len(names)
         blocks = {n: torch.arange(i * h, (i + 1) * h) for i, n in enumerate(names)}
+    named = {
+        "z": _pick(blocks, _attr(layer, "decay_gate"), "update", "z"),
+        "r": _pick(blocks, getattr(layer, "reset_gate", None), "reset", "r"),
+        "n": _pick(blocks, getattr(layer, "candidate_gate", None), "candidate", "n"),
+    }
+    missing = [k for k, v in named.items() if v is None]
+    if missing:
+        raise ValueError(f"gate_blocks() {list(blocks)} lacks the GRU blocks {missing} (reset/update/candidate)")
+    rest = [b for b in blocks if b not in named.values()]
     want = MODE_BLOCKS[mode]
-    z = _attr(layer, "decay_gate") or "z"
-    r = getattr(layer, "reset_gate", None) or "r"
-    n = getattr(layer, "candidate_gate", None) or "n"
-    named = {"r": r, "z": z, "n": n}
-    rest = [b for b in blocks if b not in (r, z, n)]
     if len(want) == 4:
-        if len(rest) != 1:
-            raise ValueError(f"refine mode needs exactly one extra gate block besides r, z, n; got {list(blocks)}")
-        named["rho"] = rest[0]
+        rho = _pick(blocks, "refine", "rho") or (rest[0] if len(rest) == 1 else None)
+        if rho is None or len(rest) != 1:
+            raise ValueError(f"refine mode needs exactly one refine block besides r, z, n; got {list(blocks)}")
+        named["rho"] = rho
     elif rest:
         raise ValueError(f"mode {mode!r} expects blocks {want}; layer has {list(blocks)}")
-    missing = [named[w] for w in want if named[w] not in blocks]
-    if missing:
-        raise ValueError(f"gate blocks {missing} not found in gate_blocks() {list(blocks)}")
-    return [blocks[named[w]] for w in want]
+    return [blocks[named[w]] for w in want]  # type: ignore[index]
 
 
 def layer_weights(layer: nn.Module) -> dict[str, Any]:
@@ -236,18 +243,26 @@ def layer_weights(layer: nn.Module) -> dict[str, Any]:
 # =============================================================================
 # The continuous-time model
 # =============================================================================
-class ContinuousGRU(nn.Module):
-    """A GRU-core layer as a continuous-time leaky-integrator network (see module docstring).
+class ContinuousGRU(DrivenSystem):
+    """A GRU-core layer as a continuous-time leaky-integrator network (see the module docstring).
 
-    ``forward(t, h)`` is the vector field ``dh/dt`` for torchdiffeq; the input and (with
-    ``hold="gates"``) the gates it uses are those set for the current step by
-    :meth:`hold`. :meth:`run` integrates a whole sequence, nn.GRU-style.
+    A :class:`~soensim.dynamics.DrivenSystem`: the *drive* held over a step is the input
+    projection ``gi = x W_ih^T + b_ih``; :meth:`vector_field` is ``dh/dt = (n - h)/τ``
+    with ``τ``, ``n`` evaluated at the current state (gates follow the state), so
+    ``soensim.simulate.simulate(cont, x, cont.dt, method)`` integrates the
+    ``hold="input"`` model with any registered solver, and ``forward(t, h)`` (after
+    ``hold(drive)``) is a torchdiffeq vector field. :meth:`discretize` is the GRU step
+    (gates at the step start): at ``dt = self.dt`` it *is* the discrete layer.
+
+    :meth:`run` integrates a sequence nn.GRU-style under either hold (``hold="gates"``:
+    gates held per step, exact reproduction of the discrete layer).
 
     Non-idealities (set by :mod:`soensim.nonideal`, all off by default):
-    ``tau_scale`` (buffer ``(H,)``) multiplies every unit's time constant;
-    ``flux_noise`` (std of additive Gaussian noise on all gate/candidate pre-activations,
-    drawn once per step and held), ``state_noise`` (std of additive Gaussian noise on
-    ``h`` after each step) and ``noise_seed`` (reproducible draws).
+    ``tau_scale`` (buffer ``(H,)``) multiplies every unit's time constant; ``flux_noise``
+    is the standard deviation of additive Gaussian noise on all gate/candidate
+    pre-activations, drawn once per step and held over it; ``state_noise`` the standard
+    deviation of additive Gaussian noise on ``h`` after each step; ``noise_seed`` makes
+    the draws of :meth:`run` reproducible.
     """
 
     def __init__(self, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None,
@@ -258,152 +273,185 @@ class ContinuousGRU(nn.Module):
             raise ValueError(f"mode must be one of {sorted(MODE_BLOCKS)}; got {mode!r}")
         if hold not in HOLDS:
             raise ValueError(f"hold must be one of {HOLDS}; got {hold!r}")
-        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        if isinstance(dt, bool) or not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be a positive number (the training step); got {dt!r}")
         G = len(MODE_BLOCKS[mode])
         H = weight_hh.shape[1]
-        if weight_hh.shape != (G * H, H) or weight_ih.shape[0] != G * H:
+        if tuple(weight_hh.shape) != (G * H, H) or weight_ih.dim() != 2 or weight_ih.shape[0] != G * H:
             raise ValueError(f"mode {mode!r}: expected weight_hh ({G}·H, H) and weight_ih ({G}·H, I); "
                              f"got {tuple(weight_hh.shape)} and {tuple(weight_ih.shape)}")
         dtype = dtype or weight_hh.dtype
 
-        def p(t: Tensor | None, rows: int) -> nn.Parameter:
-            t = torch.zeros(rows, dtype=dtype) if t is None else t.detach().to(dtype).clone()
+        def param(t: Tensor | None) -> nn.Parameter:
+            t = torch.zeros(G * H, dtype=dtype) if t is None else t.detach().to(dtype).clone()
             return nn.Parameter(t, requires_grad=requires_grad)
 
-        self.weight_ih = p(weight_ih, G * H)
-        self.weight_hh = p(weight_hh, G * H)
-        self.bias_ih = p(bias_ih, G * H)
-        self.bias_hh = p(bias_hh, G * H)
+        self.weight_ih = param(weight_ih)
+        self.weight_hh = param(weight_hh)
+        self.bias_ih = param(bias_ih)
+        self.bias_hh = param(bias_hh)
         self.register_buffer("tau_scale", torch.ones(H, dtype=dtype))
         self.dt = float(dt)
         self.mode = mode
         self.hold_mode = hold
         self.batch_first = batch_first
-        self.input_size = weight_ih.shape[1]
-        self.hidden_size = H
+        self.input_size = int(weight_ih.shape[1])
+        self.hidden_size = int(H)
         self.flux_noise = 0.0
         self.state_noise = 0.0
         self.noise_seed = 0
-        self._held: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------ DrivenSystem
+    @property
+    def state_size(self) -> int:
+        return self.hidden_size
+
+    def drive(self, inputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Input projections ``x W_ih^T + b_ih`` (``(…, I) -> (…, G·H)``); with a ``generator``
+        and ``flux_noise > 0``, plus flux noise drawn from it."""
+        gi = F.linear(inputs.to(self.weight_ih.dtype), self.weight_ih, self.bias_ih)
+        if generator is not None and self.flux_noise > 0:
+            gi = gi + self.flux_noise * torch.randn(gi.shape, generator=generator, dtype=gi.dtype, device=gi.device)
+        return gi
+
+    def vector_field(self, y: Tensor, drive: Tensor) -> Tensor:
+        """``dh/dt = (n - h)/τ`` with ``τ``, ``n`` from the held input projection and the current ``y``."""
+        tau, n = self.tau_and_target(drive, y)
+        return leaky_vector_field(y, n, tau)
+
+    def discretize(self, dt: float) -> Discretization:
+        """GRU step over ``dt`` with gates at the step start (``dt = self.dt``: the discrete layer)."""
+        return Discretization(prepare=lambda d: d, step=lambda h, gi: self._gated_step(h, gi, dt), exact=False)
 
     # ---------------------------------------------------------------- pieces
-    def input_projection(self, x: Tensor) -> Tensor:
-        """``x W_ih^T + b_ih`` for any leading shape."""
-        return F.linear(x.to(self.weight_ih.dtype), self.weight_ih, self.bias_ih)
-
-    def gates(self, gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log g, n)`` for input projection ``gi`` and state ``h``."""
-        return gru_gates(gi, F.linear(h, self.weight_hh, self.bias_hh), self.mode)
-
-    def rate_and_target(self, gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """``(1/τ, n)`` at state ``h``: the rate includes the fabrication factor ``tau_scale``."""
-        log_g, n = self.gates(gi, h)
-        return leaky_rate(log_g, self.dt, self.tau_scale), n
+    def tau_and_target(self, gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``(τ, n)`` at state ``h`` for input projection ``gi``; τ includes ``tau_scale``."""
+        log_g, n = gru_gates(gi, F.linear(h, self.weight_hh, self.bias_hh), self.mode)
+        return unit_tau(log_g, self.dt, self.tau_scale), n
 
     def time_constants(self, x: Tensor, h: Tensor | None = None) -> Tensor:
-        """τ (unit of ``dt``) of every unit for input ``x`` (``(..., I)``) and state ``h``
-        (default zeros): ``-dt·tau_scale / log g``."""
-        gi = self.input_projection(x)
+        """τ of every unit (unit of ``dt``) for input ``x`` ``(…, I)`` and state ``h`` (default zeros)."""
+        gi = self.drive(x)
         if h is None:
             h = gi.new_zeros(*gi.shape[:-1], self.hidden_size)
-        rate, _ = self.rate_and_target(gi, h.to(gi.dtype))
-        return 1.0 / rate
+        return self.tau_and_target(gi, h.to(gi.dtype))[0]
 
-    def hold(self, gi: Tensor, h_start: Tensor) -> None:
-        """Set the held quantities of one step: the input projection ``gi`` and, with
-        ``hold="gates"``, the rate and target computed from ``h_start``."""
-        self._held = {"gi": gi}
-        if self.hold_mode == "gates":
-            rate, n = self.rate_and_target(gi, h_start)
-            self._held.update(rate=rate, target=n)
-
-    def forward(self, t: Tensor, h: Tensor) -> Tensor:  # noqa: D401 - torchdiffeq signature
-        """Vector field ``dh/dt`` at time ``t`` (unused: autonomous within a step) and state ``h``."""
-        if not self._held:
-            raise RuntimeError("ContinuousGRU.forward is the vector field of one step; call hold(gi, h) first "
-                               "(or use run(x))")
-        if self.hold_mode == "gates":
-            return leaky_field(h, self._held["target"], self._held["rate"])
-        rate, n = self.rate_and_target(self._held["gi"], h)
-        return leaky_field(h, n, rate)
+    def _gated_step(self, h: Tensor, gi: Tensor, span: float) -> Tensor:
+        tau, n = self.tau_and_target(gi, h)
+        return leaky_step(h, n, tau, span)
 
     # ---------------------------------------------------------------- running
-    def run(self, x: Tensor, h0: Tensor | None = None, method: str = "exact", *, substeps: int = 1,
-            rtol: float = 1e-9, atol: float = 1e-11, options: dict[str, Any] | None = None,
-            noise: bool = True) -> tuple[Tensor, Tensor]:
-        """Integrate over a sequence, one ``dt`` per input step (input held over each step).
+    def run(self, x: Tensor, h0: Tensor | None = None, method: str = "exact", *, hold: str | None = None,
+            substeps: int = 1, rtol: float = 1e-9, atol: float = 1e-11, noise: bool = True,
+            **solver_options: Any) -> tuple[Tensor, Tensor]:
+        """Integrate over a sequence, one ``dt`` per input step (the input held over each step).
 
         Args:
             x: ``(B, T, I)`` if ``batch_first`` else ``(T, B, I)``.
             h0: ``(B, H)`` or ``(1, B, H)`` initial state (default zeros).
-            method: ``"exact"`` (exponential integrator; exact for ``hold="gates"``) or any
-                method of :func:`soensim.simulate` / torchdiffeq (``"dopri5"``, ``"rk4"``, …).
-            substeps: sub-steps per sequence step for ``method="exact"`` with
-                ``hold="input"`` (exponential Euler) and for fixed-step solvers.
-            rtol, atol, options: passed to the ODE solver.
-            noise: apply ``flux_noise``/``state_noise`` when they are set.
+            method: ``"exact"`` or any name in :data:`soensim.simulate.SOLVERS`
+                (``"dopri5"``, ``"rk4"``, …). ``"exact"`` is the exponential integrator: exact
+                for ``hold="gates"``, exponential Euler with ``substeps`` sub-steps for
+                ``hold="input"``.
+            hold: ``"gates"`` or ``"input"`` (default: the model's ``hold_mode``).
+            substeps: sub-steps per input step (``exact`` with ``hold="input"``, fixed-step solvers).
+            rtol, atol, solver_options: for adaptive solvers (see :func:`soensim.simulate.simulate`).
+            noise: apply ``flux_noise``/``state_noise`` when set.
 
         Returns:
-            ``(output, h_n)``: states at the step ends ``(B, T, H)`` (or ``(T, B, H)``) and
-            ``(1, B, H)``, in the model's dtype.
+            ``(output, h_n)``: the states at the step ends, ``(B, T, H)`` (or ``(T, B, H)``),
+            and ``(1, B, H)``, in the model's dtype.
         """
-        if substeps < 1:
-            raise ValueError(f"substeps must be ≥ 1; got {substeps}")
+        hold = self.hold_mode if hold is None else hold
+        if hold not in HOLDS:
+            raise ValueError(f"hold must be one of {HOLDS}; got {hold!r}")
+        if isinstance(substeps, bool) or int(substeps) != substeps or substeps < 1:
+            raise ValueError(f"substeps must be a positive integer; got {substeps}")
         xs = x.transpose(0, 1) if self.batch_first else x
+        if xs.dim() != 3 or xs.shape[-1] != self.input_size:
+            raise ValueError(f"x must be {'(B, T, I)' if self.batch_first else '(T, B, I)'} with I={self.input_size}; "
+                             f"got {tuple(x.shape)}")
         T, B = xs.shape[0], xs.shape[1]
-        gi_all = self.input_projection(xs)
-        dtype, device = gi_all.dtype, gi_all.device
+        gi_all = self.drive(xs)
         if h0 is None:
             h = gi_all.new_zeros(B, self.hidden_size)
         else:
-            h = (h0[0] if h0.dim() == 3 else h0).to(dtype)
-        flux_eps, state_eps = self._noise(T, B, dtype, device) if noise else (None, None)
-        solve = None if method == "exact" else _ode_solver(method)
+            h = (h0[0] if h0.dim() == 3 else h0).to(gi_all.dtype)
+        flux_eps, state_eps = self.noise_draws(T, B, gi_all.dtype, gi_all.device) if noise else (None, None)
+        solve = self._solver(method, hold, substeps, rtol, atol, solver_options)
         outs = []
-        for k in range(T):
-            gi = gi_all[k] if flux_eps is None else gi_all[k] + flux_eps[k]
-            if method == "exact":
-                h = self._exact_step(gi, h, substeps)
-            else:
-                self.hold(gi, h)
-                opts = dict(options or {})
-                if method in FIXED_GRID and "step_size" not in opts and "grid_points" not in opts:
-                    opts["step_size"] = self.dt / substeps
-                t = torch.tensor([0.0, self.dt], dtype=dtype, device=device)
-                h = solve(self, h, t, method=method, rtol=rtol, atol=atol, options=opts)[-1]
+        for k, gi in enumerate(gi_all.unbind(0)):  # unbind: O(T) backward
+            if flux_eps is not None:
+                gi = gi + flux_eps[k]
+            h = solve(h, gi)
             if state_eps is not None:
                 h = h + state_eps[k]
             outs.append(h)
-        self._held = {}
         out = torch.stack(outs) if outs else gi_all.new_zeros(0, B, self.hidden_size)
         if self.batch_first:
             out = out.transpose(0, 1)
         return out, h.unsqueeze(0)
 
-    def _exact_step(self, gi: Tensor, h: Tensor, substeps: int) -> Tensor:
-        if self.hold_mode == "gates":
-            rate, n = self.rate_and_target(gi, h)
-            return leaky_exact(h, n, rate, self.dt)
-        span = self.dt / substeps
-        for _ in range(substeps):
-            rate, n = self.rate_and_target(gi, h)
-            h = leaky_exact(h, n, rate, span)
-        return h
+    def _solver(self, method: str, hold: str, substeps: int, rtol: float, atol: float,
+                options: Mapping[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
+        """``step(h, gi) -> h'`` over one input step for the method and hold."""
+        if method == "exact":
+            if options:
+                raise ValueError(f"method 'exact' takes no solver options; got {sorted(options)}")
+            if hold == "gates":
+                return lambda h, gi: self._gated_step(h, gi, self.dt)
+            span = self.dt / substeps
 
-    def _noise(self, T: int, B: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+            def euler(h: Tensor, gi: Tensor) -> Tensor:
+                for _ in range(substeps):
+                    h = self._gated_step(h, gi, span)
+                return h
+
+            return euler
+        solver = get_solver(method)
+        kw: dict[str, Any] = {}
+        if solver.kind == "adaptive":
+            if substeps != 1:
+                raise ValueError(f"substeps applies to fixed-step methods, not {method!r}")
+            kw = {"rtol": rtol, "atol": atol, **options}
+        elif options:
+            raise ValueError(f"fixed-step method {method!r} takes substeps, not {sorted(options)}")
+        else:
+            kw = {"substeps": substeps}
+        if hold == "gates":
+            held = _HeldLeaky(self.hidden_size)
+
+            def held_step(h: Tensor, gi: Tensor) -> Tensor:
+                tau, n = self.tau_and_target(gi, h)
+                return simulate(held, torch.cat([n, tau], -1).unsqueeze(0), self.dt, method, h0=h, **kw)[-1]
+
+            return held_step
+        feedback = _Projected(self)
+        return lambda h, gi: simulate(feedback, gi.unsqueeze(0), self.dt, method, h0=h, **kw)[-1]
+
+    def noise_draws(self, T: int, B: int, dtype: torch.dtype | None = None,
+                    device: torch.device | str | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """The flux-noise ``(T, B, G·H)`` and state-noise ``(T, B, H)`` draws of :meth:`run`
+        (None where off), reproducible from ``noise_seed``."""
+        dtype = dtype or self.weight_ih.dtype
+        device = torch.device(device) if device is not None else self.weight_ih.device
         flux = state = None
         if self.flux_noise > 0:
             gen = torch.Generator(device=device).manual_seed(int(self.noise_seed))
             flux = self.flux_noise * torch.randn(T, B, self.weight_ih.shape[0], generator=gen, dtype=dtype, device=device)
         if self.state_noise > 0:
-            gen = torch.Generator(device=device).manual_seed(int(self.noise_seed) + 7_919)
+            gen = torch.Generator(device=device).manual_seed(int(self.noise_seed) + _STATE_STREAM)
             state = self.state_noise * torch.randn(T, B, self.hidden_size, generator=gen, dtype=dtype, device=device)
         return flux, state
 
     # ---------------------------------------------------------------- misc
+    def scale_time_constants(self, factor: Tensor) -> None:
+        """Multiply every unit's τ by ``factor`` (``(H,)``, in place): fabrication spread."""
+        with torch.no_grad():
+            self.tau_scale.mul_(torch.as_tensor(factor, dtype=self.tau_scale.dtype, device=self.tau_scale.device))
+
     def weight_names(self) -> tuple[str, ...]:
-        """Names of the coupling matrices (what quantization/clipping act on)."""
+        """Names of the coupling matrices (what quantization and clipping act on)."""
         return ("weight_ih", "weight_hh")
 
     def as_layer(self, method: str = "exact", **run_kwargs: Any) -> "ContinuousLayer":
@@ -412,7 +460,7 @@ class ContinuousGRU(nn.Module):
 
     def extra_repr(self) -> str:
         extras = []
-        if not torch.all(self.tau_scale == 1):
+        if not bool(torch.all(self.tau_scale == 1)):
             extras.append("tau_spread")
         if self.flux_noise:
             extras.append(f"flux_noise={self.flux_noise:g}")
@@ -420,6 +468,53 @@ class ContinuousGRU(nn.Module):
             extras.append(f"state_noise={self.state_noise:g}")
         return (f"{self.input_size}, {self.hidden_size}, mode={self.mode!r}, dt={self.dt:g}, hold={self.hold_mode!r}"
                 + "".join(", " + e for e in extras))
+
+
+#: Offset between the flux-noise and state-noise seeds of one ContinuousGRU.
+_STATE_STREAM = 7_919
+
+
+class _HeldLeaky(DrivenSystem):
+    """``dh/dt = (n - h)/τ`` with ``n`` and ``τ`` held (drive = ``[n, τ]``, ``(B, 2H)``)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    @property
+    def state_size(self) -> int:
+        return self.size
+
+    def drive(self, inputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return inputs
+
+    def vector_field(self, y: Tensor, drive: Tensor) -> Tensor:
+        return leaky_vector_field(y, drive[..., : self.size], drive[..., self.size:])
+
+    def discretize(self, dt: float) -> Discretization:
+        H = self.size
+        return Discretization(prepare=lambda d: d, step=lambda h, d: leaky_step(h, d[..., :H], d[..., H:], dt), exact=True)
+
+
+class _Projected(DrivenSystem):
+    """A :class:`ContinuousGRU` whose drive is already the input projection (noise included)."""
+
+    def __init__(self, cont: ContinuousGRU) -> None:
+        super().__init__()
+        self.cont = cont
+
+    @property
+    def state_size(self) -> int:
+        return self.cont.hidden_size
+
+    def drive(self, inputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return inputs
+
+    def vector_field(self, y: Tensor, drive: Tensor) -> Tensor:
+        return self.cont.vector_field(y, drive)
+
+    def discretize(self, dt: float) -> Discretization:
+        return self.cont.discretize(dt)
 
 
 class ContinuousLayer(nn.Module):
@@ -511,27 +606,6 @@ def continuous_modules(model: nn.Module) -> list[ContinuousGRU]:
     return [m for m in model.modules() if isinstance(m, ContinuousGRU)]
 
 
-def _ode_solver(method: str) -> Callable[..., Tensor]:
-    """``solve(func, y0, t, method=, rtol=, atol=, options=)`` for an ODE method name.
-
-    Goes through :mod:`soensim.simulate` when it offers an ``odeint``-like entry point,
-    otherwise straight to torchdiffeq.
-    """
-    try:  # the project's solver registry, if present
-        from . import simulate as _sim  # type: ignore[attr-defined]
-    except ImportError:
-        _sim = None
-    fn = getattr(_sim, "odeint", None) if _sim is not None else None
-    if callable(fn):
-        return fn
-    from torchdiffeq import odeint
-
-    def solve(func: Callable, y0: Tensor, t: Tensor, **kw: Any) -> Tensor:
-        return odeint(func, y0, t, **kw)
-
-    return solve
-
-
 def max_abs_diff(a: Sequence[Tensor] | Tensor, b: Sequence[Tensor] | Tensor) -> float:
     """Largest absolute difference between two tensors (or matching sequences of them), in float64."""
     if isinstance(a, Tensor):
@@ -549,9 +623,7 @@ __all__ = [
     "gru_gates",
     "is_gru_core",
     "layer_weights",
-    "leaky_exact",
-    "leaky_field",
-    "leaky_rate",
+    "unit_tau",
     "max_abs_diff",
     "to_continuous",
     "transfer_model",

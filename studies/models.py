@@ -6,25 +6,20 @@
   classification reads the last step, the copy task the last ``readout`` steps.
   (The head is applied only where its output is used: the result is the same.)
 
-The recurrent layer comes from :mod:`gates` (``GatedGRU``/``GatedLSTM``, any gate
-mechanism). Hardware constraints come from :mod:`soensim.constraints`. Both
-dependencies are reached only through the functions in the "wiring" section
-below; without :mod:`gates`, the standard ``-`` GRU falls back to ``torch.nn.GRU``
-with the same initialization.
+The recurrent layer is a :class:`gates.GatedGRU`/:class:`gates.GatedLSTM` (any gate
+mechanism); hardware constraints come from :func:`soensim.constraints.constrain`.
 """
 from __future__ import annotations
-
-import importlib
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from gates import build_layer
+from gates import init as gate_init
+from gates import stats as gate_stats
+from gates.mechanisms import DECAY_BLOCK
+
 from .train import RunConfig
-
-
-class MissingPiece(RuntimeError):
-    """A study needs a part of the project that is not available in this install."""
 
 
 # --------------------------------------------------------------------------- model
@@ -68,56 +63,28 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _weight(rnn: nn.Module, name: str) -> Tensor | None:
-    w = getattr(rnn, f"{name}_l0", None)
-    if w is None:
-        w = getattr(rnn, name, None)
-    return w if isinstance(w, Tensor) else None
-
-
-def decay_rows(rnn: nn.Module, cell: str = "gru") -> tuple[Tensor | slice, str]:
-    """Rows of the stacked gate dimension that hold the decay gate (GRU ``z``, LSTM ``f``)
-    and its tag. Layers following the gates contract say so through ``gate_blocks()`` and
-    ``decay_gate``; torch.nn.GRU (r, z, n) and torch.nn.LSTM (i, f, g, o) put it second."""
-    w_hh = _weight(rnn, "weight_hh")
-    H = w_hh.shape[1]
-    blocks_fn, decay = getattr(rnn, "gate_blocks", None), getattr(rnn, "decay_gate", None)
-    if callable(blocks_fn) and decay is not None:
-        blocks = blocks_fn()
-        if isinstance(blocks, dict):
-            idx = blocks[decay]
-            rows = idx if isinstance(idx, slice) else torch.as_tensor(list(idx), dtype=torch.long)
-        else:
-            k = list(blocks).index(decay)
-            rows = slice(k * H, (k + 1) * H)
-        return rows, str(decay)
-    return slice(H, 2 * H), ("z" if cell == "gru" else "f")
+def decay_rows(rnn: nn.Module, cell: str = "gru") -> slice:
+    """Rows of the stacked gate dimension holding the decay gate (GRU update ``z``, LSTM
+    forget ``f``), for gates layers and torch.nn.GRU/LSTM alike."""
+    return gate_init.layer_blocks(rnn)[getattr(rnn, "decay_gate", None) or DECAY_BLOCK[cell]]
 
 
 def recurrent_diagnostics(rnn: nn.Module, cell: str = "gru") -> dict[str, float]:
-    """Per-epoch diagnostics of the recurrent layer (effective values, after any constraint):
+    """Per-epoch diagnostics of the (first) recurrent layer, effective values after any constraint:
 
-    ``w_hz_norm`` — Frobenius norm of the decay-gate rows of W_hh (GRU update gate ``z``;
+    ``w_hz_norm`` — Frobenius norm of the decay-gate rows of W_hh (GRU update gate; named
     ``w_hf_norm`` for an LSTM's forget gate), the quantity papers/001 sees grow in the
     ablated model; ``w_iz_norm`` the same rows of W_ih; ``w_max_abs`` the largest |weight|;
     ``b_z_mean`` the mean effective decay-gate bias (``bias_ih + bias_hh`` rows).
     """
-    w_hh, w_ih = _weight(rnn, "weight_hh"), _weight(rnn, "weight_ih")
-    if w_hh is None:
-        return {}
+    tag = "z" if cell == "gru" else "f"
+    norms = gate_stats.decay_weight_norms(rnn)
+    out = {f"w_h{tag}_norm": norms["W_h_decay_l0"], f"w_i{tag}_norm": norms["W_x_decay_l0"]}
     with torch.no_grad():
-        rows, tag = decay_rows(rnn, cell)
-        out = {f"w_h{tag}_norm": float(w_hh[rows].norm())}
-        if w_ih is not None:
-            out[f"w_i{tag}_norm"] = float(w_ih[rows].norm())
-            out["w_max_abs"] = float(torch.maximum(w_hh.abs().max(), w_ih.abs().max()))
-        b = None
-        for name in ("bias_ih", "bias_hh"):
-            v = _weight(rnn, name)
-            if v is not None:
-                b = v[rows] if b is None else b + v[rows]
-        if b is not None:
-            out[f"b_{tag}_mean"] = float(b.mean())
+        out["w_max_abs"] = float(torch.maximum(rnn.weight_hh_l0.abs().max(), rnn.weight_ih_l0.abs().max()))
+        if getattr(rnn, "bias_ih_l0", None) is not None:
+            rows = decay_rows(rnn, cell)
+            out[f"b_{tag}_mean"] = float((rnn.bias_ih_l0[rows] + rnn.bias_hh_l0[rows]).mean())
     return out
 
 
@@ -126,7 +93,7 @@ def build_model(cfg: RunConfig, input_size: int, num_outputs: int, seq_len: int,
     """The recurrent layer (+ hardware constraints when ``cfg.profile`` is set) and the head."""
     rnn = make_recurrent(cfg, input_size, seq_len)
     if cfg.profile is not None:
-        rnn = apply_hardware(rnn, cfg, seq_len)
+        apply_hardware(rnn, cfg, seq_len)
     return SequenceModel(rnn, cfg.hidden, num_outputs, cfg.head, cfg.head_hidden, readout, cfg.cell)
 
 
@@ -142,160 +109,79 @@ def hardware_dt(cfg: RunConfig, seq_len: int) -> float:
         return cfg.hw_dt
     from soensim import HardwareProfile
 
-    profile = HardwareProfile.preset(cfg.profile)
-    return profile.dt * 1024 / seq_len
-
-
-def orthogonal_blocks_(w_hh: Tensor, hidden: int) -> None:
-    """Orthogonal init of each H×H gate block of ``w_hh`` (papers/001)."""
-    with torch.no_grad():
-        for k in range(w_hh.shape[0] // hidden):
-            nn.init.orthogonal_(w_hh[k * hidden:(k + 1) * hidden])
-
-
-# =========================================================================== wiring
-# Everything below reaches into packages written alongside this one. Each function
-# is the single place a study touches that package; when an API changes, change it here.
-
-def _optional(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
+    return HardwareProfile.preset(cfg.profile).dt * 1024 / seq_len
 
 
 def make_recurrent(cfg: RunConfig, input_size: int, seq_len: int) -> nn.Module:
-    """One recurrent layer for ``cfg`` (cell, gate, hidden, bias_mode, init), batch_first.
-
-    Uses ``gates.layers.GatedGRU``/``GatedLSTM`` when the gates package provides them;
-    otherwise only the standard GRU (``gate='-'``) is available, as ``torch.nn.GRU``.
+    """One batch_first recurrent layer for ``cfg``: ``cell``, ``gate``, ``hidden``, orthogonal
+    W_hh blocks (``orthogonal_hh``), chrono T_max (``chrono_tmax``, default the sequence
+    length), and for the standard gate ``-`` of a GRU b_z = b_r = ``update_bias_init``
+    (papers/001); ``bias_mode="frozen-zero"`` then fixes b_z = b_r = 0 with b_n trainable.
     """
-    layers = _optional("gates.layers")
-    if layers is not None and hasattr(layers, "GatedGRU"):
-        return _gated_layer(layers, cfg, input_size, seq_len)
+    tmax = cfg.chrono_tmax if cfg.chrono_tmax is not None else float(seq_len)
+    rnn = build_layer(cfg.cell, input_size, cfg.hidden, batch_first=True, gate=cfg.gate, chrono_tmax=tmax,
+                      orthogonal_hh=cfg.orthogonal_hh)
     if cfg.cell == "gru" and cfg.gate == "-":
-        return _torch_gru(cfg, input_size)
-    raise MissingPiece(f"cell={cfg.cell!r} gate={cfg.gate!r} needs gates.layers.GatedGRU/GatedLSTM, "
-                       "which this install does not provide; only the standard GRU ('-') falls back to torch.nn.GRU")
-
-
-def _gated_layer(layers: Any, cfg: RunConfig, input_size: int, seq_len: int) -> nn.Module:
-    cls = layers.GatedGRU if cfg.cell == "gru" else layers.GatedLSTM
-    kwargs: dict[str, Any] = {"batch_first": True}
-    if cfg.gate == "C":
-        kwargs["t_max"] = cfg.chrono_tmax if cfg.chrono_tmax is not None else seq_len
-    rnn = cls(input_size, cfg.hidden, gate=cfg.gate, **kwargs)
-    if cfg.gate == "-" and cfg.cell == "gru":
-        _set_update_reset_bias(rnn, cfg.update_bias_init)
-    if cfg.orthogonal_hh:
-        orthogonal_blocks_(_weight(rnn, "weight_hh"), cfg.hidden)
+        for block in ("r", "z"):
+            gate_init.set_bias(rnn, block, cfg.update_bias_init)
     if cfg.bias_mode == "frozen-zero":
-        _freeze_zero(rnn)
+        if cfg.cell != "gru":
+            raise ValueError("bias_mode='frozen-zero' (b_z = b_r = 0) is defined for GRU cells")
+        # The hook zeroes the rows' gradients; AdamW's decoupled decay keeps a zero at zero.
+        gate_init.freeze_biases(rnn, ("r", "z"), value=0.0)
     return rnn
-
-
-def _torch_gru(cfg: RunConfig, input_size: int) -> nn.GRU:
-    rnn = nn.GRU(input_size, cfg.hidden, batch_first=True)
-    if cfg.orthogonal_hh:
-        orthogonal_blocks_(rnn.weight_hh_l0, cfg.hidden)
-    _set_update_reset_bias(rnn, cfg.update_bias_init)
-    if cfg.bias_mode == "frozen-zero":
-        _freeze_zero(rnn)
-    return rnn
-
-
-def _set_update_reset_bias(rnn: nn.Module, value: float) -> None:
-    """b_r = b_z = ``value`` put in ``bias_ih`` only; the matching ``bias_hh`` rows are 0."""
-    b_ih, b_hh = _weight(rnn, "bias_ih"), _weight(rnn, "bias_hh")
-    H = _weight(rnn, "weight_hh").shape[1]
-    with torch.no_grad():
-        b_ih[: 2 * H] = value
-        if b_hh is not None:
-            b_hh[: 2 * H] = 0.0
-
-
-def _freeze_zero(rnn: nn.Module) -> None:
-    """Update and reset biases fixed at 0, candidate bias trainable (papers/001 ablation)."""
-    init = _optional("gates.init")
-    if init is not None and hasattr(init, "freeze_biases"):
-        init.freeze_biases(rnn, gates=("r", "z"), value=0.0)
-        return
-    # Fallback for torch.nn.GRU: zero the rows and their gradients. AdamW's decoupled
-    # decay keeps a zero at zero, so the value cannot drift.
-    H = rnn.weight_hh_l0.shape[1]
-    mask = torch.ones(3 * H)
-    mask[: 2 * H] = 0.0
-    for name in ("bias_ih_l0", "bias_hh_l0"):
-        p = getattr(rnn, name)
-        with torch.no_grad():
-            p[: 2 * H] = 0.0
-        p.register_hook(lambda g, m=mask: g * m.to(g.device, g.dtype))
 
 
 def gate_statistics(rnn: nn.Module, x: Tensor, cell: str = "gru") -> dict[str, list[float]]:
-    """Per-unit update (GRU) / forget (LSTM) gate activation averaged over batch and time.
+    """Per-unit effective decay gate averaged over batch and time (``decay_gate``) and its
+    time scale in steps, via :func:`gates.stats.gate_means`; empty for other layers."""
+    if not hasattr(rnn, "gate_blocks"):
+        return {}
+    return {k: v.tolist() for k, v in gate_stats.gate_means(rnn, x).items()}
 
-    Uses ``gates.stats`` when present; otherwise recomputes the gates of a
-    ``torch.nn.GRU`` step by step.
+
+def hardware_update_bias(rnn: nn.Module, cfg: RunConfig, seq_len: int) -> Tensor:
+    """The decay-gate biases a hardware row freezes, one per unit (float64), per ``hw_bias``:
+
+    ``profile`` → the profile's design τ values (``profile.unit_taus(H, seed)``, what
+    ``constrain`` itself would draw for the first cell) mapped through the layer mechanism's
+    ``bias_for_decay`` at :func:`hardware_dt` (SST needs logit(√z), not logit(z));
+    ``zero`` → 0 (τ = Δt / ln 2 for a sigmoid gate); ``init`` → the layer's initial draw.
     """
-    stats = _optional("gates.stats")
-    if stats is not None and hasattr(stats, "gate_means"):
-        return {k: (v.tolist() if isinstance(v, Tensor) else list(v)) for k, v in stats.gate_means(rnn, x).items()}
-    if isinstance(rnn, nn.GRU):
-        return _torch_gru_gate_means(rnn, x)
-    return {}
-
-
-def _torch_gru_gate_means(rnn: nn.GRU, x: Tensor) -> dict[str, list[float]]:
-    H = rnn.hidden_size
-    gi = x @ rnn.weight_ih_l0.T + rnn.bias_ih_l0  # (B, T, 3H)
-    h = x.new_zeros(x.shape[0], H)
-    z_sum = torch.zeros(H, dtype=x.dtype, device=x.device)
-    r_sum = torch.zeros_like(z_sum)
-    for t in range(x.shape[1]):
-        gh = h @ rnn.weight_hh_l0.T + rnn.bias_hh_l0
-        r = torch.sigmoid(gi[:, t, :H] + gh[:, :H])
-        z = torch.sigmoid(gi[:, t, H:2 * H] + gh[:, H:2 * H])
-        n = torch.tanh(gi[:, t, 2 * H:] + r * gh[:, 2 * H:])
-        h = (1 - z) * n + z * h
-        z_sum += z.mean(0)
-        r_sum += r.mean(0)
-    T = max(1, x.shape[1])
-    return {"update_gate": (z_sum / T).tolist(), "reset_gate": (r_sum / T).tolist()}
-
-
-def apply_hardware(rnn: nn.Module, cfg: RunConfig, seq_len: int) -> nn.Module:
-    """Constrain the recurrent layer to ``cfg.profile`` via ``soensim.constraints.constrain``.
-
-    Biases: the update-gate bias is frozen (``hw_bias``: ``profile`` → the profile's τ values
-    at :func:`hardware_dt`; ``zero`` → 0; ``init`` → the mechanism's initial draw); the
-    reset bias follows the profile (frozen at ``profile.reset_bias`` unless trainable).
-    Weights: |W| ≤ ``cfg.coupling_max`` (default: the profile's ``coupling_max``). The head
-    is a software readout and stays unconstrained.
-    """
-    constraints = _optional("soensim.constraints")
-    if constraints is None or not hasattr(constraints, "constrain"):
-        raise MissingPiece(f"profile={cfg.profile!r} needs soensim.constraints.constrain, "
-                           "which this install does not provide")
     from soensim import HardwareProfile
+    from soensim.timescales import decay
+
+    rows = decay_rows(rnn, cfg.cell)
+    H = rows.stop - rows.start
+    if cfg.hw_bias == "zero":
+        return torch.zeros(H, dtype=torch.float64)
+    if cfg.hw_bias == "init":
+        return (rnn.bias_ih_l0[rows] + rnn.bias_hh_l0[rows]).detach().double().clone()
+    z = decay(HardwareProfile.preset(cfg.profile).unit_taus(H, cfg.seed), hardware_dt(cfg, seq_len))
+    return rnn.mechanism.bias_for_decay(z)[rnn.decay_gate].double()
+
+
+def apply_hardware(rnn: nn.Module, cfg: RunConfig, seq_len: int):
+    """Constrain the recurrent layer to ``cfg.profile`` with :func:`soensim.constraints.constrain`.
+
+    The update-gate bias is frozen at :func:`hardware_update_bias`; the reset bias follows
+    the profile (frozen at ``profile.reset_bias`` unless trainable); weights |W| ≤
+    ``cfg.coupling_max`` (default: the profile's ``coupling_max``). The head is a software
+    read-out and stays unconstrained. Returns the ConstraintReport.
+
+    The biases are always passed explicitly (``update_bias=``): ``constrain``'s own path
+    from τ to bias for gates layers expects ``bias_for_decay`` to return a tensor, while
+    gates' mechanisms return a dict of blocks (reported to the lead).
+    """
+    from soensim import HardwareProfile
+    from soensim.constraints import constrain
 
     profile = HardwareProfile.preset(cfg.profile)
     if cfg.coupling_max is not None:
         profile = profile.replace(coupling_max=cfg.coupling_max)
-    dt = hardware_dt(cfg, seq_len)
-    H = cfg.hidden
-    if cfg.hw_bias == "zero":
-        bias = torch.zeros(H)
-    elif cfg.hw_bias == "init":
-        rows, _ = decay_rows(rnn, cfg.cell)
-        b_ih, b_hh = _weight(rnn, "bias_ih"), _weight(rnn, "bias_hh")
-        bias = (b_ih[rows] + (b_hh[rows] if b_hh is not None else 0)).detach().clone()
-    else:
-        bias = None  # the profile's own τ values
-    constraints.constrain(rnn, profile, dt=dt, seed=cfg.seed, update_bias=bias)
-    return rnn
+    bias = hardware_update_bias(rnn, cfg, seq_len)
+    return constrain(rnn, profile, dt=hardware_dt(cfg, seq_len), seed=cfg.seed, update_bias=bias)
 
 
-__all__ = ["MissingPiece", "SequenceModel", "apply_hardware", "build_model", "count_parameters", "decay_rows",
-           "gate_statistics",
-           "hardware_dt", "make_recurrent", "orthogonal_blocks_", "recurrent_diagnostics"]
+__all__ = ["SequenceModel", "apply_hardware", "build_model", "count_parameters", "decay_rows", "gate_statistics",
+           "hardware_dt", "hardware_update_bias", "make_recurrent", "recurrent_diagnostics"]

@@ -122,7 +122,7 @@ def gate_histograms(sdir: str | os.PathLike, fname: str = "gate_histograms.png",
         recs = read_jsonl(runs[0]["dir"] / GATES_FILE)
         if len(recs) < 1:
             continue
-        k = key or next((c for c in ("update_gate", "forget_gate") if c in recs[0]),
+        k = key or next((c for c in ("decay_gate",) if c in recs[0]),
                         next((c for c in recs[0] if isinstance(recs[0][c], list)), None))
         if k is None:
             continue

@@ -10,7 +10,7 @@ from studies.cli import main
 from studies.train import CHECKPOINT_FILE, SUMMARY_FILE, read_jsonl, run
 from studies.bias_ablation import runs as scifar_runs
 
-ROWS = "baseline,ablated,baseline-hw,ablated-hw"  # need only torch.nn.GRU and soensim.constraints
+ROWS = "baseline,ablated,chrono,baseline-hw,ablated-hw,chrono-hw,gate-U,gate-R,gate-UR,gate-SST"  # every smoke row
 
 
 def test_list(capsys):

@@ -89,7 +89,7 @@ def test_source_function_periodic_and_symmetric():
     torch.testing.assert_close(source_function(1 - phi, i), g, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("i", [1.4, 1.6, 1.7, 1.8, 1.9])
+@pytest.mark.parametrize("i", [1.4, 1.5, 1.6, 1.7, 1.8])
 def test_source_function_zero_below_threshold_and_rises_after(i):
     th = float(source_threshold(i))
     assert 0.0 < th < 0.5

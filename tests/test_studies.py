@@ -8,7 +8,14 @@ from torch import nn
 
 from soensim import HardwareProfile, tau_to_bias
 from studies import bias_ablation, gate_ablation, sst_lowdata
-from studies.models import SequenceModel, build_model, count_parameters, hardware_dt, recurrent_diagnostics
+from studies.models import (
+    SequenceModel,
+    build_model,
+    count_parameters,
+    hardware_dt,
+    hardware_update_bias,
+    recurrent_diagnostics,
+)
 from studies.registry import STUDIES, UnknownStudy, get_study
 from studies.train import RunConfig
 
@@ -99,28 +106,18 @@ def test_hardware_rows_freeze_tau_and_bound_weights(row):
     profile = HardwareProfile.preset(cfg.profile)
     dt = hardware_dt(cfg, 256)
     assert dt == pytest.approx(0.4e-9)  # one image = 1024 × 0.1 ns
+    frozen = hardware_update_bias(model.rnn, cfg, 256)
+    if row == "baseline-hw":  # the profile's τ values through the one τ → bias mapping
+        assert torch.allclose(frozen, tau_to_bias(profile.unit_taus(8, cfg.seed), dt))
+    else:
+        assert torch.all(frozen == 0)
     _train_a_bit(model, wd=0.5)
-    b_z = recurrent_diagnostics(model.rnn)
-    if row == "baseline-hw":
-        assert check(model, profile, dt=dt, seed=cfg.seed) == []
-    else:
-        assert check(model, profile, dt=dt, seed=cfg.seed, update_bias=torch.zeros(8),
-                     rules=["coupling_bound", "frozen_time_constant", "frozen_bias"]) == []
-        # b_z = 0 means τ = Δt/ln 2: a time constant the profile cannot fabricate, and check says so
-        (v,) = check(model, profile, dt=dt, seed=cfg.seed, rules=["time_constant_range"])
-        assert v.value == pytest.approx(dt / math.log(2))
-    w_max = max(model.rnn.weight_hh_l0.abs().max().item(), model.rnn.weight_ih_l0.abs().max().item())
-    assert w_max <= profile.coupling_max
-    if row == "baseline-hw":
-        taus = profile.unit_taus(8, cfg.seed)
-        expect = tau_to_bias(taus, dt).float()
-        got = (model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0).detach()[8:16]
-        assert torch.allclose(got, expect, atol=1e-5)
-        assert b_z["b_z_mean"] == pytest.approx(float(expect.mean()), rel=1e-5)
-    else:
-        assert b_z["b_z_mean"] == 0.0
-    # the readout head is software: not bounded
-    assert isinstance(model.head, nn.Linear)
+    rules = ["coupling_bound", "frozen_time_constant", "frozen_bias"]
+    assert check(model, profile, dt=dt, seed=cfg.seed, update_bias=frozen, rules=rules) == []
+    assert recurrent_diagnostics(model.rnn)["w_max_abs"] <= profile.coupling_max
+    got = (model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0).detach()[8:16]
+    assert torch.allclose(got.double(), frozen, atol=1e-5)
+    assert isinstance(model.head, nn.Linear)  # the read-out is software: not bounded
 
 
 def test_hardware_dt_choice():
@@ -213,17 +210,17 @@ def test_fake_image_task_shapes_and_standardization():
     assert abs(float(x.mean())) < 1e-4 and float(x.std()) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_gate_statistics_fallback_matches_init():
+def test_gate_statistics_and_diagnostics_at_init():
     torch.manual_seed(0)
-    rnn = nn.GRU(1, 6, batch_first=True)
-    with torch.no_grad():
-        rnn.weight_hh_l0.zero_()
-        rnn.weight_ih_l0.zero_()
-        rnn.bias_hh_l0.zero_()
-        rnn.bias_ih_l0[:12] = 1.0
-    model = SequenceModel(rnn, 6, 10)
+    model = build_model(paper_cfg(hidden=6), 1, 10, 5)
+    with torch.no_grad():  # no input or recurrent drive: the gate is sigmoid(b_z) = sigmoid(1)
+        model.rnn.weight_hh_l0.zero_()
+        model.rnn.weight_ih_l0.zero_()
     stats = model.gate_statistics(torch.randn(4, 5, 1))
-    assert stats["update_gate"] == pytest.approx([1 / (1 + math.exp(-1))] * 6)
+    assert stats["decay_gate"] == pytest.approx([1 / (1 + math.exp(-1))] * 6, rel=1e-5)
+    assert SequenceModel(nn.GRU(1, 6, batch_first=True), 6, 10).gate_statistics(torch.randn(2, 3, 1)) == {}
+    # torch.nn.GRU layout (r, z, n) gives the same diagnostics as the gates layer
+    assert recurrent_diagnostics(nn.GRU(1, 6))["w_hz_norm"] > 0
 
 
 # --------------------------------------------------------------------------- smoke runs needing other packages

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from gates import GatedGRU
 from studies.models import SequenceModel
 from studies.train import (
     CHECKPOINT_FILE,
@@ -39,7 +40,7 @@ def tiny_cfg(**kw):
 
 def tiny_model(seed=3):
     torch.manual_seed(seed)
-    return SequenceModel(nn.GRU(1, 8, batch_first=True), 8, 3)
+    return SequenceModel(GatedGRU(1, 8, batch_first=True), 8, 3)
 
 
 class Kill(Exception):
@@ -101,7 +102,7 @@ def test_run_dir_layout_and_weights_only_checkpoint(tmp_path):
         assert key in epochs[1], key
     gates = read_jsonl(tmp_path / "gates.jsonl")
     assert [g["epoch"] for g in gates] == [0, 1, 2]
-    assert len(gates[0]["update_gate"]) == 8
+    assert len(gates[0]["decay_gate"]) == 8 and len(gates[0]["timescale_steps"]) == 8
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["params"] == sum(p.numel() for p in tiny_model().parameters())
 
