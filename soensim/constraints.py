@@ -656,7 +656,8 @@ def constrain(
             for block, values in design.items():
                 if not torch.isfinite(values).all():
                     raise ValueError(f"{where}: non-finite {block!r} bias for τ in [{tau.min():g}, {tau.max():g}] s at dt={step:g} s")
-                what = tag if block == cell.decay_gate else f"{values.min().item():.3g}…{values.max().item():.3g} (τ fixed)"
+                lo, hi = values.min().item(), values.max().item()
+                what = tag if block == cell.decay_gate else (f"{lo:.3g}" if lo == hi else f"{lo:.3g}…{hi:.3g}") + " (τ fixed)"
                 freeze(cell, cell.bias_ih or cell.bias_hh, block, values, f"{block}: {what}")
                 if cell.bias_ih is not None and cell.bias_hh is not None:
                     freeze(cell, cell.bias_hh, block, 0.0, f"{block}: 0")
@@ -871,13 +872,18 @@ def _frozen_time_constant(ctx: CheckContext) -> Iterator[Violation]:
         if bad and not (explicit and cell.decay_gate is not None and (cell.bias_ih or cell.bias_hh)):
             yield bad
             continue
-        err = (ctx.decay_bias(cell) - _expected_decay_bias(ctx, cell)).abs()
-        off = err > ctx.atol
-        if off.any():
-            worst = err.max().item()
+        present = [q for q in (cell.bias_ih, cell.bias_hh) if q is not None]
+        worst, parts = 0.0, []
+        for block, want in _expected_biases(ctx, cell).items():
+            err = (ctx.rows_sum(cell, present, cell.blocks[block]) - want).abs()
+            off = err > ctx.atol
+            if off.any():
+                worst = max(worst, err.max().item())
+                parts.append(f"{int(off.sum())} of {err.numel()} units of gate {block!r}")
+        if parts:
             yield Violation(
-                cell.qual(cell.bias_ih or cell.bias_hh), "frozen_time_constant", worst, ctx.atol,  # type: ignore[arg-type]
-                f"{int(off.sum())} of {err.numel()} units of gate {cell.decay_gate!r} (bias_ih + bias_hh) differ from the "
+                cell.qual(present[0]), "frozen_time_constant", worst, ctx.atol,
+                f"{', '.join(parts)} (bias_ih + bias_hh) differ from the "
                 + ("given update_bias (" if explicit else f"frozen design bias (seed {ctx.seed + cell.index}, ")
                 + f"max |Δb| {worst:.3g})",
             )
@@ -910,7 +916,7 @@ def _time_constant_range(ctx: CheckContext) -> Iterator[Violation]:
         b = ctx.decay_bias(cell)
         ok = torch.zeros_like(b, dtype=torch.bool)
         for lo, hi in bands:
-            ends = cell.mechanism.bias_for_tau(torch.tensor([max(lo, 1e-300), hi], dtype=torch.float64), ctx.dt)
+            ends = cell.design_biases(torch.tensor([max(lo, 1e-300), hi], dtype=torch.float64), ctx.dt)[cell.decay_gate]  # type: ignore[index]
             blo, bhi = ends.min().item(), ends.max().item()
             ok |= (b >= blo - ctx.atol) & (b <= bhi + ctx.atol)
         if not ok.all():

@@ -132,8 +132,10 @@ def simulate(
             the noise is drawn once per step before integration, so every method sees the
             same realization for the same seed.
         **solver_options: ``rtol``/``atol`` and any other torchdiffeq ``options`` (e.g.
-            ``max_num_steps``) for adaptive methods; ``first_step``/``step_size`` are in
-            normalized time (fractions of ``dt``).
+            ``max_num_steps``) for adaptive methods; times in options (``first_step``,
+            ``step_t``) are in normalized time (fractions of ``dt``). By default a step lands
+            exactly on the end of each interval (``step_t=[1]``), so the result there is a
+            step, not an interpolation.
 
     Returns:
         States ``(T + 1, B, N)``: ``states[0] = h0`` and ``states[t + 1]`` is the state at time
@@ -178,9 +180,11 @@ def simulate(
         for key in ("rtol", "atol"):
             if key in opts:
                 kwargs[key] = opts.pop(key)
-        if opts:
-            kwargs["options"] = opts
         grid = torch.tensor([0.0, 1.0], dtype=inputs.dtype, device=inputs.device)
+        # land a step exactly on the end of the interval: no dense-output interpolation there
+        # (torchdiffeq's interpolants are less accurate than its steps, e.g. for dopri8/bosh3)
+        opts.setdefault("step_t", grid[1:])
+        kwargs["options"] = opts
     else:
         if solver_options:
             raise ValueError(f"fixed-step method {method!r} takes substeps, not {sorted(solver_options)}")

@@ -92,9 +92,10 @@ def recurrent_diagnostics(rnn: nn.Module, cell: str = "gru") -> dict[str, float]
 def build_model(cfg: RunConfig, input_size: int, num_outputs: int, seq_len: int, readout: int = 1) -> SequenceModel:
     """The recurrent layer (+ hardware constraints when ``cfg.profile`` is set) and the head."""
     rnn = make_recurrent(cfg, input_size, seq_len)
-    if cfg.profile is not None:
-        apply_hardware(rnn, cfg, seq_len)
-    return SequenceModel(rnn, cfg.hidden, num_outputs, cfg.head, cfg.head_hidden, readout, cfg.cell)
+    report = apply_hardware(rnn, cfg, seq_len) if cfg.profile is not None else None
+    model = SequenceModel(rnn, cfg.hidden, num_outputs, cfg.head, cfg.head_hidden, readout, cfg.cell)
+    model.constraint_report = report  # what constrain() did (None in software), for inspection
+    return model
 
 
 def hardware_dt(cfg: RunConfig, seq_len: int) -> float:
@@ -140,38 +141,27 @@ def gate_statistics(rnn: nn.Module, x: Tensor, cell: str = "gru") -> dict[str, l
     return {k: v.tolist() for k, v in gate_stats.gate_means(rnn, x).items()}
 
 
-def hardware_update_bias(rnn: nn.Module, cfg: RunConfig, seq_len: int) -> Tensor:
-    """The decay-gate biases a hardware row freezes, one per unit (float64), per ``hw_bias``:
-
-    ``profile`` → the profile's design τ values (``profile.unit_taus(H, seed)``, what
-    ``constrain`` itself would draw for the first cell) mapped through the layer mechanism's
-    ``bias_for_decay`` at :func:`hardware_dt` (SST needs logit(√z), not logit(z));
-    ``zero`` → 0 (τ = Δt / ln 2 for a sigmoid gate); ``init`` → the layer's initial draw.
-    """
-    from soensim import HardwareProfile
-    from soensim.timescales import decay
-
+def hardware_update_bias(rnn: nn.Module, cfg: RunConfig) -> Tensor | None:
+    """Decay-gate biases a hardware row freezes instead of the profile's design values:
+    ``hw_bias="zero"`` → zeros (τ = Δt / ln 2 for a sigmoid gate), ``"init"`` → the layer's
+    initial draw (e.g. chrono); ``"profile"`` → None (``constrain`` maps the profile's τ
+    values through the layer mechanism's ``bias_for_decay``)."""
+    if cfg.hw_bias == "profile":
+        return None
     rows = decay_rows(rnn, cfg.cell)
-    H = rows.stop - rows.start
     if cfg.hw_bias == "zero":
-        return torch.zeros(H, dtype=torch.float64)
-    if cfg.hw_bias == "init":
-        return (rnn.bias_ih_l0[rows] + rnn.bias_hh_l0[rows]).detach().double().clone()
-    z = decay(HardwareProfile.preset(cfg.profile).unit_taus(H, cfg.seed), hardware_dt(cfg, seq_len))
-    return rnn.mechanism.bias_for_decay(z)[rnn.decay_gate].double()
+        return torch.zeros(rows.stop - rows.start, dtype=torch.float64)
+    return (rnn.bias_ih_l0[rows] + rnn.bias_hh_l0[rows]).detach().double().clone()
 
 
 def apply_hardware(rnn: nn.Module, cfg: RunConfig, seq_len: int):
     """Constrain the recurrent layer to ``cfg.profile`` with :func:`soensim.constraints.constrain`.
 
-    The update-gate bias is frozen at :func:`hardware_update_bias`; the reset bias follows
-    the profile (frozen at ``profile.reset_bias`` unless trainable); weights |W| ≤
-    ``cfg.coupling_max`` (default: the profile's ``coupling_max``). The head is a software
-    read-out and stays unconstrained. Returns the ConstraintReport.
-
-    The biases are always passed explicitly (``update_bias=``): ``constrain``'s own path
-    from τ to bias for gates layers expects ``bias_for_decay`` to return a tensor, while
-    gates' mechanisms return a dict of blocks (reported to the lead).
+    The update-gate bias is frozen at the profile's τ values (for the cell at
+    :func:`hardware_dt`, seeded by ``cfg.seed``) or at :func:`hardware_update_bias`; the
+    reset bias follows the profile (frozen at ``profile.reset_bias`` unless trainable);
+    weights |W| ≤ ``cfg.coupling_max`` (default: the profile's ``coupling_max``). The head
+    is a software read-out and stays unconstrained. Returns the ConstraintReport.
     """
     from soensim import HardwareProfile
     from soensim.constraints import constrain
@@ -179,8 +169,8 @@ def apply_hardware(rnn: nn.Module, cfg: RunConfig, seq_len: int):
     profile = HardwareProfile.preset(cfg.profile)
     if cfg.coupling_max is not None:
         profile = profile.replace(coupling_max=cfg.coupling_max)
-    bias = hardware_update_bias(rnn, cfg, seq_len)
-    return constrain(rnn, profile, dt=hardware_dt(cfg, seq_len), seed=cfg.seed, update_bias=bias)
+    return constrain(rnn, profile, dt=hardware_dt(cfg, seq_len), seed=cfg.seed,
+                     update_bias=hardware_update_bias(rnn, cfg))
 
 
 __all__ = ["SequenceModel", "apply_hardware", "build_model", "count_parameters", "decay_rows", "gate_statistics",

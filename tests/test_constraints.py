@@ -165,7 +165,7 @@ def test_frozen_candidate_rows_lstm():
 
 
 # --------------------------------------------------------------------- training keeps the constraints
-def _train(model, opt, steps=8, seed=0):
+def _train(model, opt, steps=5, seed=0):
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         x = torch.randn(6, 4, model.input_size, generator=gen)
@@ -578,3 +578,116 @@ def test_non_leaky_mechanism_is_refused_and_reported():
     # with τ trainable the same layer can still be bounded
     constrain(m, DENDRITE.replace(trainable=DENDRITE.trainable | {"update_bias", "reset_bias"}))
     assert parametrize.is_parametrized(m, "weight_hh") and not parametrize.is_parametrized(m, "bias_ih")
+
+
+# --------------------------------------------------------------------- gates.layers (GatedGRU / GatedLSTM)
+def _gates():
+    return pytest.importorskip("gates.layers")
+
+
+def _plain_gated(m):
+    """An unconstrained gated layer of the same configuration holding m's effective values."""
+    layers = _gates()
+    cls = layers.GatedGRU if isinstance(m, layers.GatedGRU) else layers.GatedLSTM
+    ref = cls(m.input_size, m.hidden_size, num_layers=m.num_layers, gate=m.gate, implementation=m.implementation)
+    ref.load_state_dict(effective(m))
+    return ref
+
+
+@pytest.mark.parametrize("core, gate", [("gru", "-"), ("gru", "U"), ("gru", "UR"), ("gru", "SST"),
+                                        ("lstm", "-"), ("lstm", "R"), ("lstm", "SST")])
+def test_gated_layers_freeze_design_biases_per_block(core, gate):
+    layers = _gates()
+    H = 8
+    cls = layers.GatedGRU if core == "gru" else layers.GatedLSTM
+    m = cls(3, H, num_layers=2, gate=gate, seed=0)
+    rep = constrain(m, DENDRITE, seed=4)
+    blocks, decay_block = m.gate_blocks(), m.decay_gate
+    for k in range(2):
+        taus = DENDRITE.unit_taus(H, 4 + k)
+        want = m.mechanism.bias_for_decay(decay(taus, DENDRITE.dt))
+        b_ih, b_hh = getattr(m, f"bias_ih_l{k}"), getattr(m, f"bias_hh_l{k}")
+        for block, values in want.items():  # decay block (+ refine block at 0 for R/UR)
+            assert torch.equal(b_ih[blocks[block]], values.float()), block
+            assert torch.equal(b_hh[blocks[block]], torch.zeros(H)), block
+        z_eff = m.mechanism.decay_for_bias(b_ih[blocks[decay_block]].double())
+        torch.testing.assert_close(z_eff, decay(taus, DENDRITE.dt), rtol=0, atol=1e-6)
+        if gate == "SST":  # sigmoid² gate: logit(√z) = tau_to_bias(2τ, dt)
+            torch.testing.assert_close(b_ih[blocks[decay_block]], tau_to_bias(2 * taus, DENDRITE.dt).float())
+        elif gate in ("-", "U", "R", "UR"):
+            torch.testing.assert_close(b_ih[blocks[decay_block]], tau_to_bias(taus, DENDRITE.dt).float(), rtol=0, atol=1e-6)
+    if core == "gru":  # reset role not trainable in the preset
+        assert torch.equal(m.bias_ih_l0[blocks["reset"]], torch.zeros(H))
+    assert set(rep.taus) == {"<model>.l0", "<model>.l1"}
+    assert check(m, DENDRITE, seed=4) == []
+
+
+@pytest.mark.parametrize("implementation", ["fused", "reference", "torch"])
+def test_gated_gru_training_keeps_constraints_on_every_path(implementation):
+    layers = _gates()
+    torch.manual_seed(11)
+    H, J = 8, FABRICATED.coupling_max
+    m = layers.GatedGRU(3, H, num_layers=2, gate="-", implementation=implementation, seed=1)
+    constrain(m, FABRICATED, seed=2)
+    x = torch.randn(6, 4, 3)
+    # the forward really uses the constrained values (compare with a plain layer holding them)
+    torch.testing.assert_close(m(x)[0], _plain_gated(m)(x)[0], rtol=0, atol=1e-6)
+    blocks = m.gate_blocks()
+    frozen = [blocks["update"], blocks["reset"]]
+    start = effective(m)
+    before = {n: t for n, t in start.items() if n.startswith("bias")}
+    opt = torch.optim.AdamW(m.parameters(), lr=1.0, weight_decay=0.5)
+    _train(m, opt, steps=5)
+    eff = effective(m)
+    grid = torch.tensor([-J + 2 * J * k / 15 for k in range(16)], dtype=torch.float64)
+    for n, t in eff.items():
+        if n.startswith("weight"):
+            assert t.abs().max().item() <= J, n
+            assert (t.double()[..., None] - grid).abs().amin(-1).max() < 1e-6, n
+        else:
+            for rows_ in frozen:
+                assert torch.equal(t[rows_], before[n][rows_]), n
+    assert not torch.equal(eff["weight_hh_l0"], start["weight_hh_l0"])  # it did train
+    torch.testing.assert_close(m(x)[0], _plain_gated(m)(x)[0], rtol=0, atol=1e-6)
+    assert check(m, FABRICATED, seed=2) == []
+    released = unconstrain(m)
+    assert released and not parametrize.is_parametrized(m)
+    for n, t in eff.items():
+        assert torch.equal(getattr(m, n), t), n
+
+
+def test_gated_lstm_training_keeps_constraints():
+    layers = _gates()
+    torch.manual_seed(12)
+    H, J = 6, DENDRITE.coupling_max
+    m = layers.GatedLSTM(3, H, gate="UR", seed=3)
+    constrain(m, DENDRITE)
+    blocks = m.gate_blocks()
+    before = effective(m)["bias_ih_l0"].clone()
+    _train(m, torch.optim.Adam(m.parameters(), lr=1.0, weight_decay=0.5), steps=5)
+    after = effective(m)
+    assert all(t.abs().max().item() <= J for n, t in after.items() if n.startswith("weight"))
+    for block in ("forget", "input"):  # decay block and the refine block (input, tied) stay put
+        assert torch.equal(after["bias_ih_l0"][blocks[block]], before[blocks[block]])
+    assert not torch.equal(after["bias_ih_l0"][blocks["output"]], before[blocks["output"]])
+    assert check(m, DENDRITE) == []
+
+
+@pytest.mark.parametrize("gate", ["O", "OM", "UM", "OR"])
+def test_gated_non_leaky_mechanisms_are_refused(gate):
+    layers = _gates()
+    m = layers.GatedGRU(2, 16, gate=gate, seed=0)
+    with pytest.raises(ValueError, match="not a leaky"):
+        constrain(m, DENDRITE)
+    assert not parametrize.is_parametrized(m)
+    rules = {v.rule for v in check(m, DENDRITE) if math.isnan(v.value)}
+    assert rules == {"frozen_time_constant", "time_constant_range"}
+
+
+def test_gated_unconstrained_training_is_flagged():
+    layers = _gates()
+    torch.manual_seed(13)
+    m = layers.GatedGRU(3, 8, gate="U", seed=2)
+    _train(m, torch.optim.Adam(m.parameters(), lr=0.5), steps=4)
+    rules = {v.rule for v in check(m, FABRICATED)}
+    assert {"coupling_bound", "quantization_levels", "frozen_time_constant", "time_constant_range", "frozen_bias"} <= rules

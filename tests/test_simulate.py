@@ -84,7 +84,7 @@ def test_piecewise_constant_forcing_is_not_smoothed():
         torch.testing.assert_close(out, ex, rtol=0, atol=1e-7, msg=method)
 
 
-@pytest.mark.parametrize("method,rtol", [("dopri8", 1e-9), ("bosh3", 1e-8), ("adaptive_heun", 1e-7)])
+@pytest.mark.parametrize("method,rtol", [("dopri8", 1e-9), ("bosh3", 1e-8), ("adaptive_heun", 1e-6)])
 def test_other_adaptive_solvers_agree(method, rtol):
     m, x, h0, dt = stiff_leaky(1, n=4, b=2, steps=10)
     m = LeakyIntegrator(torch.tensor([0.5, 2.0, 10.0, 100.0], dtype=F64), dtype=F64)
@@ -132,7 +132,7 @@ def test_soen_exponential_euler_is_first_order():
         fine = coarse.repeat_interleave(k, dim=0)  # the same piecewise-constant drive at step big_dt/k
         out = simulate(dend, fine, big_dt / k, "exact")[::k]
         dts.append(big_dt / k)
-        errs.append(float((out - ref).abs().max()))
+        errs.append(float((out - ref).abs().max().detach()))
     slope = fit_order(dts, errs)
     print(f"SOEN exp-Euler errors {['%.2e' % e for e in errs]} at dt {dts}: order {slope:.3f}")
     assert errs[-1] > 1e-8  # still far above the reference's own error
@@ -220,10 +220,13 @@ def test_seeded_determinism_with_flux_noise():
     a, b, c = run(11), run(11), run(12)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
-    # the noise is drawn per step before integration: dopri5 sees the same realization,
-    # so it is closer to the exact run with the same seed than that one is to another seed
+    # the noise is drawn once per step before integration and held over the step, so every
+    # method sees the same realization: it equals running noise-free on inputs + that noise
+    noise = 0.02 * torch.randn(coarse.shape, generator=torch.Generator().manual_seed(11), dtype=F64)
     dp = run(11, "dopri5")
-    assert float((dp - a).abs().max()) < 0.5 * float((c - a).abs().max())
+    dend.flux_noise = 0.0
+    torch.testing.assert_close(a, simulate(dend, coarse + noise, dt, "exact"), rtol=0, atol=1e-15)
+    torch.testing.assert_close(dp, simulate(dend, coarse + noise, dt, "dopri5"), rtol=0, atol=1e-15)
 
 
 def test_float32_matches_float64():

@@ -106,17 +106,22 @@ def test_hardware_rows_freeze_tau_and_bound_weights(row):
     profile = HardwareProfile.preset(cfg.profile)
     dt = hardware_dt(cfg, 256)
     assert dt == pytest.approx(0.4e-9)  # one image = 1024 × 0.1 ns
-    frozen = hardware_update_bias(model.rnn, cfg, 256)
+    report = model.constraint_report
+    frozen = report.biases["rnn.l0"]
     if row == "baseline-hw":  # the profile's τ values through the one τ → bias mapping
         assert torch.allclose(frozen, tau_to_bias(profile.unit_taus(8, cfg.seed), dt))
+        assert hardware_update_bias(model.rnn, cfg) is None
     else:
         assert torch.all(frozen == 0)
     _train_a_bit(model, wd=0.5)
-    rules = ["coupling_bound", "frozen_time_constant", "frozen_bias"]
-    assert check(model, profile, dt=dt, seed=cfg.seed, update_bias=frozen, rules=rules) == []
+    assert check(model, profile, dt=dt, seed=cfg.seed, update_bias=hardware_update_bias(model.rnn, cfg),
+                 rules=["coupling_bound", "frozen_time_constant", "frozen_bias"]) == []
     assert recurrent_diagnostics(model.rnn)["w_max_abs"] <= profile.coupling_max
     got = (model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0).detach()[8:16]
     assert torch.allclose(got.double(), frozen, atol=1e-5)
+    if row == "ablated-hw":  # b_z = 0 means τ = Δt/ln 2: not fabricable on this profile, and check says so
+        (v,) = check(model, profile, dt=dt, seed=cfg.seed, rules=["time_constant_range"])
+        assert v.value == pytest.approx(dt / math.log(2))
     assert isinstance(model.head, nn.Linear)  # the read-out is software: not bounded
 
 
