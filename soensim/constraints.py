@@ -6,17 +6,20 @@ only reach what a :class:`~soensim.profiles.HardwareProfile` can realise:
 
 * **fixed time constants** — when the profile fixes time constants
   (``tau_range``/``tau_values``) and ``"update_bias"`` is not a trainable role, the
-  decay-gate bias rows (GRU ``z``, LSTM ``f``) are frozen at the values implied by
-  ``profile.unit_taus(H, seed + k, spread=spread)`` at step ``dt``: the bias that
-  gives decay ``z = exp(-dt/tau)`` goes into the ``bias_ih`` rows and 0 into the
-  matching ``bias_hh`` rows (the two biases are summed, DESIGN §4). ``k`` counts the
+  decay-gate bias rows (GRU ``z``/``update``, LSTM ``f``/``forget``) are frozen at the
+  values implied by ``profile.unit_taus(H, seed + k, spread=spread)`` at step ``dt``:
+  the bias that gives decay ``z = exp(-dt/tau)`` goes into the ``bias_ih`` rows and 0
+  into the matching ``bias_hh`` rows (the two biases are summed, DESIGN §4). For gates
+  layers the values come from ``mechanism.bias_for_decay(z)``, one entry per block it
+  names (e.g. the refine block at 0 for R/UR, so that training it cannot shift τ);
+  ``constrain(update_bias=...)`` freezes given values instead. ``k`` counts the
   recurrent cells (layer × direction) in model order, so stacked layers get distinct,
   reproducible unit time constants (cell 0 uses ``seed`` itself). With ``"update_bias"``
   not trainable but no fabricated time constants, those rows are frozen at 0
   (the papers/001 ablation, ``b_z`` fixed 0).
 * **other frozen biases** — ``"reset_bias"`` not trainable: GRU reset rows frozen at
   ``profile.reset_bias``; ``"candidate_bias"`` not trainable: candidate rows (GRU
-  ``n``, LSTM ``g``) frozen at 0; ``"weights"`` not trainable: whole weight matrices
+  ``n``/``candidate``, LSTM ``g``/``cell``) frozen at 0; ``"weights"`` not trainable: whole weight matrices
   frozen at their (bounded, quantized) value. LSTM input/output gate biases have no
   role in :data:`~soensim.profiles.ROLES` and stay free.
 * **bounded couplings** — with ``profile.coupling_max`` every weight matrix of the
@@ -26,7 +29,8 @@ only reach what a :class:`~soensim.profiles.HardwareProfile` can realise:
   (e.g. a linear read-out), which are software in the SOEN picture.
 * **quantized couplings** — with ``profile.weight_levels`` = L the effective weights
   are snapped to the nearest of L evenly spaced levels in ``[-J_max, J_max]``; the
-  gradient passes straight through the rounding.
+  gradient passes straight through the rounding. Both bounds hold exactly in the
+  parameter's dtype (clamped to the largest representable value ≤ ``J_max``).
 
 Design choices
 --------------
@@ -38,7 +42,8 @@ without hooks on any optimizer, it keeps a gradient everywhere, it is ≈ identi
 Projection after each step would need access to the optimizer (``constrain`` never
 sees it) and would let a forward pass between steps run with out-of-bound weights.
 The price: near the bound the gradient is scaled by ``1 - (w/J_max)²`` (weights
-saturate softly), and weight decay acts on ``raw``. ``right_inverse`` first clips the
+saturate softly; Adam-type optimizers largely normalise the scale away), and weight
+decay acts on ``raw``. ``right_inverse`` first clips the
 original weight into ``(-J_max, J_max)`` so that the effective weight starts equal to
 the original one (within float rounding; out-of-bound entries start just inside).
 
@@ -61,8 +66,11 @@ and with it torch's own behaviour.
 
 Layers found: ``nn.GRU``, ``nn.LSTM``, ``nn.GRUCell``, ``nn.LSTMCell`` and any module
 following the gates layer contract — ``gate_blocks()`` (gate names in row order of the
-stacked gate dimension, or a mapping name → rows), ``decay_gate`` (name of the block
-whose bias sets the time constant) and ``mechanism.bias_for_decay(z)`` — with
+stacked gate dimension, or a mapping name → slice/rows), ``decay_gate`` (name of the
+block whose bias sets the time constant), ``mechanism.bias_for_decay(z)`` (``{block:
+bias}`` or one tensor; a non-leaky mechanism has ``leaky = False`` or raises) and
+optionally ``mechanism.decay_for_bias(b)`` (to report τ), ``reset_gate`` and
+``candidate_gate`` (default: the blocks named reset/r and candidate/n/cell/g) — with
 parameters named ``weight_ih*``/``weight_hh*``/``bias_ih*``/``bias_hh*``. Children
 of such a layer are not searched. ``nn.RNN``/``nn.RNNCell`` have no gate to hold a
 time constant and are refused with an error.

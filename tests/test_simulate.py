@@ -15,7 +15,7 @@ def fit_order(dts, errors):
     return float(np.polyfit(np.log(dts), np.log(errors), 1)[0])
 
 
-def stiff_leaky(seed=0, n=6, b=2, steps=30, dt=1.0):
+def stiff_leaky(seed=0, n=6, b=2, steps=20, dt=1.0):
     """Leaky units with tau spread over 4 decades (tau/dt from 0.1 to 1000) and random ZOH targets."""
     gen = torch.Generator().manual_seed(seed)
     tau = dt * 10 ** (4 * torch.rand(n, generator=gen, dtype=F64) - 1)
@@ -67,7 +67,7 @@ def test_exact_leaky_matches_dopri5_and_radau_stiff():
     err_radau = np.abs(ex - rd).max()
     err_solvers = np.abs(dp - rd).max()
     print(f"max |exact - dopri5| = {err_dopri:.2e}, |exact - Radau| = {err_radau:.2e}, |dopri5 - Radau| = {err_solvers:.2e}")
-    # solver tolerance rtol 1e-7 (|h| ~ 1, 30 steps): agreement to a few times the tolerance
+    # solver tolerance rtol 1e-7 (|h| ~ 1, 20 steps): agreement to a few times the tolerance
     assert err_dopri < 1e-6
     assert err_radau < 1e-8
     assert err_solvers < 1e-6
@@ -77,16 +77,16 @@ def test_piecewise_constant_forcing_is_not_smoothed():
     # square wave with tau = dt: any smoothing across step boundaries would show at O(1e-2)
     tau = torch.tensor([1.0, 0.2], dtype=F64)
     m = LeakyIntegrator(tau, dtype=F64)
-    x = torch.tensor([1.0, -1.0] * 10, dtype=F64).reshape(20, 1, 1).expand(20, 1, 2).contiguous()
+    x = torch.tensor([1.0, -1.0] * 5, dtype=F64).reshape(10, 1, 1).expand(10, 1, 2).contiguous()
     ex = simulate(m, x, 1.0, "exact")
-    for method in ("dopri5", "dopri8", "bosh3"):
-        out = simulate(m, x, 1.0, method, rtol=1e-9, atol=1e-11)
+    for method, rtol in (("dopri5", 1e-8), ("dopri8", 1e-9)):
+        out = simulate(m, x, 1.0, method, rtol=rtol, atol=rtol * 1e-2)
         torch.testing.assert_close(out, ex, rtol=0, atol=1e-7, msg=method)
 
 
-@pytest.mark.parametrize("method,rtol", [("dopri8", 1e-9), ("bosh3", 1e-8), ("adaptive_heun", 1e-6)])
+@pytest.mark.parametrize("method,rtol", [("dopri8", 1e-9), ("bosh3", 1e-8), ("adaptive_heun", 1e-4)])
 def test_other_adaptive_solvers_agree(method, rtol):
-    m, x, h0, dt = stiff_leaky(1, n=4, b=2, steps=10)
+    _, x, h0, dt = stiff_leaky(1, n=4, b=2, steps=8)
     m = LeakyIntegrator(torch.tensor([0.5, 2.0, 10.0, 100.0], dtype=F64), dtype=F64)
     ex = simulate(m, x, dt, "exact", h0)
     out = simulate(m, x, dt, method, h0, rtol=rtol, atol=rtol * 1e-2)
@@ -123,6 +123,7 @@ def soen_problem(seed=0):
     return dend, coarse, 2.0
 
 
+@torch.no_grad()
 def test_soen_exponential_euler_is_first_order():
     dend, coarse, big_dt = soen_problem()
     ref = simulate(dend, coarse, big_dt, "dopri5", rtol=1e-11, atol=1e-13)
@@ -132,16 +133,18 @@ def test_soen_exponential_euler_is_first_order():
         fine = coarse.repeat_interleave(k, dim=0)  # the same piecewise-constant drive at step big_dt/k
         out = simulate(dend, fine, big_dt / k, "exact")[::k]
         dts.append(big_dt / k)
-        errs.append(float((out - ref).abs().max().detach()))
+        errs.append(float((out - ref).abs().max()))
     slope = fit_order(dts, errs)
     print(f"SOEN exp-Euler errors {['%.2e' % e for e in errs]} at dt {dts}: order {slope:.3f}")
     assert errs[-1] > 1e-8  # still far above the reference's own error
     assert 0.8 <= slope <= 1.2
     # and the adaptive solvers agree with each other on the reference
     ref8 = simulate(dend, coarse, big_dt, "dopri8", rtol=1e-11, atol=1e-13)
+    print(f"max |dopri5 - dopri8| reference = {float((ref8 - ref).abs().max()):.2e}")
     assert float((ref8 - ref).abs().max()) < 1e-9
 
 
+@torch.no_grad()
 def test_gated_unit_exponential_euler_is_first_order():
     torch.manual_seed(0)
     unit = LeakyGatedUnit(2, 5, torch.logspace(0, 1, 5, dtype=F64), dtype=F64)
@@ -149,7 +152,9 @@ def test_gated_unit_exponential_euler_is_first_order():
     ref = simulate(unit, coarse, 1.0, "dopri5", rtol=1e-11, atol=1e-13)
     subs = [2, 4, 8, 16]
     errs = [float((simulate(unit, coarse.repeat_interleave(k, 0), 1.0 / k, "exact")[::k] - ref).abs().max()) for k in subs]
-    assert 0.8 <= fit_order([1.0 / k for k in subs], errs) <= 1.2
+    slope = fit_order([1.0 / k for k in subs], errs)
+    print(f"gated-unit exp-Euler (GRU step) errors {['%.2e' % e for e in errs]}: order {slope:.3f}")
+    assert 0.8 <= slope <= 1.2
 
 
 # ---------------------------------------------------------------- registry and arguments
