@@ -132,6 +132,41 @@ def gru_update(h: Tensor, n: Tensor, z: Tensor, one_minus_z: Optional[Tensor] = 
     return z * h + omz * n
 
 
+def linear_scan(z: Tensor, u: Tensor, h0: Tensor, chunk: int = 64) -> Tensor:
+    """All states of the linear recurrence ``h_{t+1} = z·h_t + u_t`` at once.
+
+    Args:
+        z: ``(N,)`` per-unit decay in [0, 1].
+        u: ``(T, B, N)`` per-step input (for the leaky unit ``(1 - z)·n_t``).
+        h0: ``(B, N)`` initial state.
+        chunk: steps per block. Inside a block the states are one batched matrix product
+            with the lower-triangular matrix of powers ``z^(a-b)`` (all ≤ 1, so no growth);
+            blocks are chained, so the Python loop runs ``T/chunk`` times instead of ``T``.
+
+    Returns:
+        ``(T + 1, B, N)`` with ``h0`` first. Equal to stepping :func:`gru_update` T times up to
+        rounding; differentiable.
+    """
+    steps = u.shape[0]
+    if steps == 0:
+        return h0.unsqueeze(0)
+    size = max(1, min(int(chunk), steps))
+    k = torch.arange(size, device=u.device)
+    expo = k[:, None] - k[None, :]  # (L, L): a - b
+    powers = torch.where(expo >= 0, z[:, None, None] ** expo.clamp_min(0).to(z.dtype), torch.zeros((), dtype=z.dtype, device=z.device))
+    carry = z[None, :] ** (k[:, None] + 1).to(z.dtype)  # (L, N): z^(a+1)
+    out = [h0.unsqueeze(0)]
+    h = h0
+    for block in u.split(size, 0):
+        n_steps = block.shape[0]
+        # (N, l, l) @ (N, l, B) -> (N, l, B) -> (l, B, N)
+        conv = torch.bmm(powers[:, :n_steps, :n_steps], block.permute(2, 0, 1)).permute(1, 2, 0)
+        states = conv + carry[:n_steps, None, :] * h.unsqueeze(0)
+        out.append(states)
+        h = states[-1]
+    return torch.cat(out, 0)
+
+
 # --------------------------------------------------------------------------------------
 # GRU-style continuous gated unit: dh/dt = (n(x, h) - h)/tau
 # --------------------------------------------------------------------------------------
@@ -313,11 +348,14 @@ class Discretization:
             whole sequence, e.g. ``(1 - z)·n``).
         step: ``(y, operand_t) -> y'``.
         exact: True when the update is the exact solution under zero-order hold.
+        scan: optional ``(y0, operands) -> (T + 1, B, N)`` computing all steps at once (used
+            by :func:`~soensim.simulate.simulate` when present; must equal repeated ``step``).
     """
 
     prepare: Callable[[Tensor], Tensor]
     step: Callable[[Tensor, Tensor], Tensor]
     exact: bool
+    scan: Optional[Callable[[Tensor, Tensor], Tensor]] = None
 
 
 DriveLike = Union[Tensor, Callable[[Tensor], Tensor]]
@@ -451,7 +489,12 @@ class LeakyIntegrator(_TauMixin, DrivenSystem):
     def discretize(self, dt: float) -> Discretization:
         tau = self.tau
         z, omz = decay(tau, dt), one_minus_decay(tau, dt)
-        return Discretization(prepare=lambda d: omz * d, step=lambda h, u: torch.addcmul(u, z, h), exact=True)
+        return Discretization(
+            prepare=lambda d: omz * d,
+            step=lambda h, u: torch.addcmul(u, z, h),
+            exact=True,
+            scan=lambda h0, u: linear_scan(z, u, h0),
+        )
 
     def extra_repr(self) -> str:
         return f"size={self.state_size}"
@@ -673,6 +716,7 @@ __all__ = [
     "gru_update",
     "leaky_step",
     "leaky_vector_field",
+    "linear_scan",
     "soen_flux",
     "soen_step",
     "soen_vector_field",

@@ -99,9 +99,22 @@ def set_weight(m: nn.Module, path: str, value: Tensor) -> None:
     parametrization on it first, keeping the parameter object)."""
     owner, name = _owner(m, path)
     if parametrize.is_parametrized(owner, name):
+        _own_class(owner)
         parametrize.remove_parametrizations(owner, name, leave_parametrized=True)
     with torch.no_grad():
         getattr(owner, name).copy_(value)
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a private copy of its class.
+
+    ``torch.nn.utils.parametrize`` keeps a parametrization's property on a per-instance
+    class, but ``copy.deepcopy`` shares that class between the copy and the original, so
+    removing a parametrization from the copy would delete the property from the original
+    too. A fresh class with the same members makes the removal local."""
+    cls = module.__class__
+    members = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, members)
 
 
 def weights(m: nn.Module) -> dict[str, Tensor]:

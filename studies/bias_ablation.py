@@ -38,15 +38,15 @@ run; ``train_subset``/``test_subset`` are stratified subsets with the same fixed
 from __future__ import annotations
 
 import functools
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import grid, plots
+from . import data, grid, plots
 from .models import build_model
 from .train import ArraySplit, ConfigError, RunConfig, TaskData
 
@@ -134,75 +134,32 @@ def build(cfg: RunConfig) -> tuple[nn.Module, TaskData]:
 
 
 # --------------------------------------------------------------------------- images
-def to_sequences(images: Tensor, size: int, channels: int, permute: bool = False) -> Tensor:
-    """uint8/float images (N, 3, H, W) in [0, 255] → float sequences (N, size², channels) in [0, 1].
+def to_sequences(images: np.ndarray, size: int, channels: int, permute: bool = False) -> Tensor:
+    """Images (N, S, S, 3) uint8 → float sequences (N, size², channels) in [0, 1].
 
-    ``channels=1``: ITU-R 601 luma ``0.299 R + 0.587 G + 0.114 B``. Downsampling by block
-    averaging (``size`` must divide H). Row-major scan; ``permute``: bit-reversal order
-    (papers/002 App. D).
+    Grayscale/RGB conversion and the row-major scan are :func:`studies.data.to_sequences`;
+    downsampling to ``size`` (which must divide S) averages S/size × S/size blocks; then
+    ``permute`` applies the bit-reversal order of the ``size²`` positions.
     """
-    x = images.float() / 255.0
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, 3, H, W) or (N, 1, H, W); got {tuple(images.shape)}")
-    if channels == 1 and x.shape[1] == 3:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    elif channels == 3 and x.shape[1] != 3:
-        raise ConfigError("channels=3 needs RGB images")
-    elif channels not in (1, 3):
-        raise ConfigError(f"channels must be 1 or 3; got {channels}")
-    if x.shape[-1] != size:
-        if x.shape[-1] % size:
-            raise ConfigError(f"image_size {size} must divide the image side {x.shape[-1]}")
-        x = nn.functional.avg_pool2d(x, x.shape[-1] // size)
-    seq = x.flatten(2).transpose(1, 2).contiguous()  # (N, T, C)
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels}")
+    n, side = images.shape[0], images.shape[1]
+    if side % size:
+        raise ConfigError(f"image_size {size} must divide the image side {side}")
+    x = torch.from_numpy(data.to_sequences(images, "gray" if channels == 1 else "rgb"))
+    if size != side:
+        grid_ = x.reshape(n, side, side, channels).permute(0, 3, 1, 2)
+        x = nn.functional.avg_pool2d(grid_, side // size).permute(0, 2, 3, 1).reshape(n, size * size, channels)
     if permute:
-        seq = seq[:, bit_reversal_permutation(seq.shape[1])]
-    return seq
-
-
-def bit_reversal_permutation(n: int) -> Tensor:
-    """Index order that reverses the bits of each position (for n not a power of two, the
-    power-of-two permutation with out-of-range entries dropped)."""
-    bits = max(1, math.ceil(math.log2(n)))
-    idx = torch.arange(1 << bits)
-    rev = torch.zeros_like(idx)
-    for b in range(bits):
-        rev |= ((idx >> b) & 1) << (bits - 1 - b)
-    return rev[rev < n]
-
-
-def stratified_indices(labels: Tensor, n: int, seed: int) -> Tensor:
-    """``n`` indices drawn without replacement, class proportions kept (largest-remainder)."""
-    if n >= len(labels):
-        return torch.arange(len(labels))
-    g = torch.Generator().manual_seed(seed)
-    classes, counts = labels.unique(return_counts=True)
-    quota = counts.double() * n / len(labels)
-    take = quota.floor().long()
-    rest = n - int(take.sum())
-    if rest > 0:
-        order = torch.argsort(quota - take, descending=True, stable=True)
-        take[order[:rest]] += 1
-    picks = []
-    for c, k in zip(classes.tolist(), take.tolist()):
-        members = (labels == c).nonzero().flatten()
-        picks.append(members[torch.randperm(len(members), generator=g)[:k]])
-    return torch.cat(picks).sort().values
-
-
-def split_train_val(labels: Tensor, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor, Tensor]:
-    """Stratified (train indices, validation indices)."""
-    val = stratified_indices(labels, val_size, seed) if val_size > 0 else torch.zeros(0, dtype=torch.long)
-    mask = torch.ones(len(labels), dtype=torch.bool)
-    mask[val] = False
-    return mask.nonzero().flatten(), val
+        x = x[:, torch.from_numpy(data.bit_reversal_permutation(size * size))]
+    return x.contiguous()
 
 
 def fake_images(n: int, classes: int = 10, side: int = 32, seed: int = 1234,
-                pattern_seed: int = 99) -> tuple[Tensor, Tensor]:
-    """Synthetic RGB images (N, 3, side, side) uint8: one smooth random pattern per class
-    (fixed by ``pattern_seed``) plus noise (``seed``). Learnable in a few steps; for smoke
-    tests without CIFAR.
+                pattern_seed: int = 99) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic RGB images (N, side, side, 3) uint8 and labels, as :func:`studies.data.load_cifar10`
+    returns them: one smooth random pattern per class (fixed by ``pattern_seed``) plus noise
+    (``seed``). Learnable in a few steps; for smoke tests without CIFAR.
     """
     protos = nn.functional.interpolate(torch.rand(classes, 3, 4, 4, generator=torch.Generator().manual_seed(pattern_seed)),
                                        size=(side, side), mode="bilinear", align_corners=False)
@@ -210,7 +167,18 @@ def fake_images(n: int, classes: int = 10, side: int = 32, seed: int = 1234,
     y = torch.arange(n) % classes
     y = y[torch.randperm(n, generator=g)]
     x = protos[y] + 0.15 * torch.randn(n, 3, side, side, generator=g)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return images.contiguous().numpy(), y.numpy()
+
+
+def split_indices(labels: np.ndarray, val_size: int, train_subset: int | None,
+                  seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, validation) indices: ``val_size`` examples (as a per-class
+    fraction), then ``train_subset // classes`` per class of the rest (None: all of it)."""
+    train, val = data.stratified_split(labels, val_size / len(labels), seed)
+    if train_subset is not None:
+        train = train[data.stratified_subset(labels[train], train_subset // len(np.unique(labels)), seed)]
+    return train, val
 
 
 def image_task(cfg: RunConfig) -> TaskData:
@@ -223,56 +191,43 @@ def image_task(cfg: RunConfig) -> TaskData:
         tr_x, tr_y, te_x, te_y, source = load_cifar10(cfg.data_dir)
     else:
         raise ConfigError(f"study {NAME} runs task 'scifar' or 'fake-images'; got {cfg.task!r}")
-    train_idx, val_idx = split_train_val(tr_y, cfg.val_size)
-    if cfg.train_subset is not None:
-        train_idx = train_idx[stratified_indices(tr_y[train_idx], cfg.train_subset, SPLIT_SEED)]
-    test_idx = torch.arange(len(te_y))
+    train_idx, val_idx = split_indices(tr_y, cfg.val_size, cfg.train_subset)
+    test_idx = np.arange(len(te_y))
     if cfg.test_subset is not None:
-        test_idx = stratified_indices(te_y, cfg.test_subset, SPLIT_SEED)
-    def seq(images: Tensor, chunk: int = 5000) -> Tensor:  # chunks bound the float copy of the images
-        return torch.cat([to_sequences(images[i:i + chunk], cfg.image_size, cfg.channels, cfg.permute)
-                          for i in range(0, len(images), chunk)]) if len(images) else \
-            torch.zeros(0, cfg.image_size ** 2, cfg.channels)
+        test_idx = data.stratified_subset(te_y, cfg.test_subset // len(np.unique(te_y)), SPLIT_SEED)
 
-    x_train = seq(tr_x[train_idx])
+    def seq(images: np.ndarray, idx: np.ndarray, chunk: int = 5000) -> Tensor:  # chunks bound the float copy
+        parts = [to_sequences(images[idx[i:i + chunk]], cfg.image_size, cfg.channels, cfg.permute)
+                 for i in range(0, len(idx), chunk)]
+        return torch.cat(parts) if parts else torch.zeros(0, cfg.image_size ** 2, cfg.channels)
+
+    x_train, x_val, x_test = seq(tr_x, train_idx), seq(tr_x, val_idx), seq(te_x, test_idx)
     mean = x_train.mean(dim=(0, 1), keepdim=True)
     std = x_train.std(dim=(0, 1), keepdim=True).clamp_min(1e-6)
     norm = lambda x: ((x - mean) / std).contiguous()  # noqa: E731
-    train = ArraySplit(norm(x_train), tr_y[train_idx].long())
-    val = ArraySplit(norm(seq(tr_x[val_idx])), tr_y[val_idx].long()) if len(val_idx) else None
-    test = ArraySplit(norm(seq(te_x[test_idx])), te_y[test_idx].long())
+    label = lambda y, idx: torch.from_numpy(np.asarray(y)[idx]).long()  # noqa: E731
+    train = ArraySplit(norm(x_train), label(tr_y, train_idx))
+    val = ArraySplit(norm(x_val), label(tr_y, val_idx)) if len(val_idx) else None
+    test = ArraySplit(norm(x_test), label(te_y, test_idx))
     T = cfg.image_size ** 2
     return TaskData(train, val, test, objective="classify", num_outputs=10, input_size=cfg.channels, seq_len=T,
                     info={"source": source, "train": len(train), "val": len(val) if val else 0, "test": len(test),
                           "seq_len": T, "channels": cfg.channels, "permute": cfg.permute})
 
 
-# =========================================================================== wiring
-def load_cifar10(data_dir: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
-    """CIFAR-10 train and test images (N, 3, 32, 32) uint8 and labels, via ``studies.data``.
-
-    ``data_dir`` None → ``$SOENSIM_DATA_DIR``. Cached per process (a grid run in one
-    process decodes the archive once).
-    """
-    root = data_dir or os.environ.get("SOENSIM_DATA_DIR")
+def load_cifar10(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """CIFAR-10 train and test images (N, 32, 32, 3) uint8 and labels via :func:`studies.data.load_cifar10`
+    (``data_dir`` None → ``$SOENSIM_DATA_DIR``), kept in memory per process so that a grid run
+    in one process reads them once."""
+    root = data_dir or os.environ.get(data.DATA_ENV)
     return _load_cifar10_cached(str(Path(root).resolve()) if root else None)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cifar10_cached(root: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
-    from . import data as data_mod  # studies/data.py (CIFAR loaders)
-
-    tr = data_mod.load_cifar10(root, split="train")
-    te = data_mod.load_cifar10(root, split="test")
-    return _nchw(tr[0]), torch.as_tensor(tr[1]).long(), _nchw(te[0]), torch.as_tensor(te[1]).long(), \
-        f"CIFAR-10 from {root}"
-
-
-def _nchw(x: Any) -> Tensor:
-    t = torch.as_tensor(x)
-    if t.dim() == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
-        t = t.permute(0, 3, 1, 2)
-    return t.contiguous()
+def _load_cifar10_cached(root: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    tr_x, tr_y = data.load_cifar10(root, "train")
+    te_x, te_y = data.load_cifar10(root, "test")
+    return tr_x, tr_y, te_x, te_y, f"CIFAR-10 from {root or './data'}"
 
 
 # --------------------------------------------------------------------------- report
@@ -296,6 +251,5 @@ def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
     }
 
 
-__all__ = ["DESCRIPTION", "NAME", "PRESETS", "bit_reversal_permutation", "build", "fake_images", "image_task",
-           "load_cifar10", "notes", "report", "row_names", "runs", "split_train_val", "stratified_indices",
-           "to_sequences"]
+__all__ = ["DESCRIPTION", "NAME", "PRESETS", "build", "fake_images", "image_task", "load_cifar10", "notes", "report",
+           "row_names", "runs", "split_indices", "to_sequences"]

@@ -4,8 +4,9 @@ Data: scikit-learn's handwritten digits (1,797 images of 8×8, 10 classes) read 
 as 64-step sequences of one value (pixel / 16, standardized with the training subset's
 statistics). A fixed stratified test set (``TEST_SIZE`` = 500) and validation set
 (``val_size``) are carved out once with a fixed seed; each run trains on a stratified
-subset of ``train_size`` examples of the remaining pool, drawn with the run's seed (so
-seeds differ in data as well as in initialization).
+subset of ``train_size // 10`` examples per class of the remaining pool, drawn with the
+run's seed (so seeds differ in data as well as in initialization). Splits and subsets are
+:func:`studies.data.stratified_split`/``stratified_subset``.
 
 Rows: ``<gate>-n<size>`` for gate in (``-``, ``SST``) and each size. So that small sets are
 not also starved of optimizer steps, every row runs about ``steps`` optimizer steps:
@@ -13,17 +14,16 @@ not also starved of optimizer steps, every row runs about ``steps`` optimizer st
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from . import grid, plots
-from .bias_ablation import split_train_val, stratified_indices
+from . import data, grid, plots
 from .models import build_model
 from .train import ArraySplit, ConfigError, RunConfig, TaskData, write_text_atomic
 
@@ -62,9 +62,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "full": {
         "base": {**BASE, "hidden": 64, "log_every": 20},
-        "rows": _rows((20, 50, 100, 200, 400, 800, 1097), steps=2000, batch=32),
+        "rows": _rows((20, 50, 100, 200, 400, 700, 1000), steps=2000, batch=32),
         "seeds": 5,
-        "notes": ("full: GRU H=64, ~2,000 steps per run, sizes 20–1097 (the whole pool), 5 seeds; "
+        "notes": ("full: GRU H=64, ~2,000 steps per run, sizes 20–1000 (up to 100 per class), 5 seeds; "
                   "test 500, validation 200."),
     },
 }
@@ -91,34 +91,25 @@ def build(cfg: RunConfig) -> tuple[nn.Module, TaskData]:
 def digits_task(cfg: RunConfig) -> TaskData:
     if cfg.task != "digits":
         raise ConfigError(f"study {NAME} runs task 'digits'; got {cfg.task!r}")
-    x, y = load_digits()
-    rest, test_idx = split_train_val(y, TEST_SIZE, SPLIT_SEED)
-    pool_rel, val_rel = split_train_val(y[rest], cfg.val_size, SPLIT_SEED + 1)
+    images, labels = data.load_digits()
+    x, y = torch.from_numpy(images).reshape(-1, 64, 1), torch.from_numpy(labels).long()
+    rest, test_idx = data.stratified_split(labels, TEST_SIZE / len(labels), SPLIT_SEED)
+    pool_rel, val_rel = data.stratified_split(labels[rest], cfg.val_size / len(rest), SPLIT_SEED + 1)
     pool, val_idx = rest[pool_rel], rest[val_rel]
-    n = len(pool) if cfg.train_size is None else cfg.train_size
-    if n > len(pool):
-        raise ConfigError(f"train_size {n} exceeds the {len(pool)} examples left after test/validation")
-    train_idx = pool[stratified_indices(y[pool], n, 1000 + cfg.seed)]
-    seq = lambda idx: x[idx].reshape(-1, 64, 1)  # noqa: E731
-    xt = seq(train_idx)
-    mean, std = xt.mean(), xt.std().clamp_min(1e-6)
-    split = lambda idx: ArraySplit(((seq(idx) - mean) / std).contiguous(), y[idx])  # noqa: E731
+    if cfg.train_size is None:
+        train_idx = pool
+    else:
+        per_class, most = cfg.train_size // 10, int(np.bincount(labels[pool]).min())
+        if not 1 <= per_class <= most:
+            raise ConfigError(f"train_size {cfg.train_size} must give 1..{most} examples per class "
+                              "of the pool left after test/validation")
+        train_idx = pool[data.stratified_subset(labels[pool], per_class, 1000 + cfg.seed)]
+    mean, std = x[train_idx].mean(), x[train_idx].std().clamp_min(1e-6)
+    split = lambda idx: ArraySplit(((x[idx] - mean) / std).contiguous(), y[idx])  # noqa: E731
     return TaskData(split(train_idx), split(val_idx), split(test_idx), objective="classify", num_outputs=10,
                     input_size=1, seq_len=64,
-                    info={"source": "sklearn digits", "train": n, "val": len(val_idx), "test": len(test_idx)})
-
-
-# =========================================================================== wiring
-@functools.lru_cache(maxsize=1)
-def load_digits() -> tuple[Tensor, Tensor]:
-    """Digits images as float (N, 8, 8) in [0, 1] and labels (N,), via ``studies.data``."""
-    from . import data as data_mod  # studies/data.py
-
-    images, labels = data_mod.load_digits()
-    x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 8, 8)
-    if x.max() > 1.5:
-        x = x / 16.0
-    return x, torch.as_tensor(labels).long()
+                    info={"source": "sklearn digits", "train": len(train_idx), "val": len(val_idx),
+                          "test": len(test_idx)})
 
 
 # --------------------------------------------------------------------------- report
@@ -161,5 +152,5 @@ def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
     }
 
 
-__all__ = ["DESCRIPTION", "NAME", "PRESETS", "accuracy_by_size", "build", "digits_task", "load_digits", "notes",
+__all__ = ["DESCRIPTION", "NAME", "PRESETS", "accuracy_by_size", "build", "digits_task", "notes",
            "report", "row_names", "runs"]

@@ -46,12 +46,11 @@ from soensim.transfer import max_abs_diff, to_continuous, transfer_model
 from . import grid
 from .models import build_model, hardware_dt
 from .train import (CHECKPOINT_FILE, CONFIG_FILE, OBJECTIVES, SUMMARY_FILE, ArraySplit, ConfigError, RunConfig,
-                    StreamSplit, TaskData, load_checkpoint, write_json_atomic, write_text_atomic)
+                    TaskData, load_checkpoint, write_json_atomic, write_text_atomic)
 
 NAME = "transfer"
 DESCRIPTION = "trained GRUs in continuous time: robustness to τ spread, quantization, clipping and noise"
 HW = "soen-dendrite"
-VAL_SEED, TEST_SEED = 20_001, 20_002
 
 #: Default sweeps: kind → values (0 / None = ideal).
 SWEEPS: dict[str, tuple[Any, ...]] = {
@@ -75,10 +74,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sweep_seeds": 2,
     },
     "quick": {
-        "base": {**_BASE, "seq_len": 30, "hidden": 32, "steps_per_epoch": 100, "epochs": 4, "eval_size": 500},
+        "base": {**_BASE, "seq_len": 30, "hidden": 32, "steps_per_epoch": 250, "epochs": 4, "eval_size": 500},
         "rows": _ROWS, "seeds": 2,
-        "notes": ("quick (CPU, ~1 min): adding N=30, GRU hidden 32, Adam 1e-2 cosine to 1e-3, clip 1, batch 64, "
-                  "400 steps; software vs soen-dendrite (τ ∈ [10 ns, 1 µs] at Δt = profile.dt·1024/30 ≈ 3.4 ns, "
+        "notes": ("quick (CPU, ~2 min): adding N=30, GRU hidden 32, Adam 1e-2 cosine to 1e-3, clip 1, batch 64, "
+                  "1,000 steps; software vs soen-dendrite (τ ∈ [10 ns, 1 µs] at Δt = profile.dt·1024/30 ≈ 3.4 ns, "
                   "|W| ≤ 0.5); 2 training seeds × 3 noise seeds."),
         "sweep_seeds": 3,
     },
@@ -125,44 +124,15 @@ def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
 
 
 # =========================================================================== adding task
-def adding_sample(n: int, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Adding problem of length ``n``: ``x`` (B, n, 2) = (value U[0, 1], marker), two markers
-    (one in each half), target (B, 1) the sum of the two marked values."""
-    v = torch.rand(batch, n, generator=generator)
-    first = torch.randint(0, max(1, n // 2), (batch,), generator=generator)
-    second = torch.randint(n // 2, n, (batch,), generator=generator)
-    m = torch.zeros(batch, n)
-    rows = torch.arange(batch)
-    m[rows, first] = 1.0
-    m[rows, second] = 1.0
-    return torch.stack([v, m], -1), (v * m).sum(1, keepdim=True)
-
-
 def adding_data(cfg: RunConfig) -> TaskData:
-    """Streamed training batches, fixed validation/test sets of ``eval_size`` (adding task).
-
-    Uses :mod:`studies.gate_ablation`'s task (``studies.tasks``) when it is installed, so that
-    both studies see the same problem; otherwise :func:`adding_sample`."""
+    """The adding task of :mod:`studies.gate_ablation` (:class:`studies.tasks.AddingTask`):
+    streamed training batches, fixed validation/test sets of ``eval_size`` sequences."""
     if cfg.task != "adding":
         raise ConfigError(f"study {NAME} trains on task 'adding'; got {cfg.task!r} (use transfer() for other runs)")
-    try:
-        from .gate_ablation import synthetic_task
+    from .gate_ablation import synthetic_task
 
-        data, _ = synthetic_task(cfg)
-        return data
-    except ImportError:
-        pass
-    n = cfg.seq_len
-
-    def sampler(batch: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        return adding_sample(n, batch, gen)
-
-    def fixed(seed: int) -> ArraySplit:
-        return ArraySplit(*adding_sample(n, cfg.eval_size, torch.Generator().manual_seed(seed)))
-
-    return TaskData(StreamSplit(sampler, cfg.steps_per_epoch), fixed(VAL_SEED), fixed(TEST_SEED), objective="regress",
-                    num_outputs=1, input_size=2, seq_len=n,
-                    info={"task": "adding", "N": n, "eval_size": cfg.eval_size, "chance_loss": 1 / 6})
+    data, _ = synthetic_task(cfg)
+    return data
 
 
 # =========================================================================== loading runs
@@ -547,6 +517,6 @@ def adding_experiment(out: str | os.PathLike, preset: str = "quick", *, seeds: i
     return result
 
 
-__all__ = ["DESCRIPTION", "NAME", "PRESETS", "SWEEPS", "adding_data", "adding_experiment", "adding_sample", "build",
+__all__ = ["DESCRIPTION", "NAME", "PRESETS", "SWEEPS", "adding_data", "adding_experiment", "build",
            "evaluator", "load_run", "notes", "recurrent_layer", "report", "robustness_plot", "row_names", "runs",
            "training_dt", "transfer", "transfer_checks", "transferred", "write_outputs"]

@@ -82,6 +82,30 @@ def test_data_dir_and_set_reach_the_config(tmp_path, monkeypatch):
     assert cfg["data_dir"] == str((tmp_path / "flag").resolve())
 
 
+def test_smoke_on_a_cifar_image_folder(tmp_path, monkeypatch):
+    """scifar (not the in-memory fake task) through studies.data, on a tiny image-folder tree."""
+    from PIL import Image
+
+    from studies.bias_ablation import fake_images
+
+    monkeypatch.setenv("SOENSIM_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    for split, n, seed in (("train", 200, 1), ("test", 100, 2)):
+        images, labels = fake_images(n, seed=seed)
+        for i, (img, label) in enumerate(zip(images, labels)):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(folder / f"{i:04d}.png")
+    rc = main(["run", "scifar-bias", "--preset", "smoke", "--out", str(tmp_path / "out"), "--rows", "baseline",
+               "--data-dir", str(root), "--set", "task=scifar", "--no-report"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "out" / "scifar-bias" / "smoke" / "runs" / "baseline-s0" / SUMMARY_FILE)
+                         .read_text())
+    assert summary["status"] == "finished"
+    assert summary["data"]["source"].startswith("CIFAR-10 from") and summary["data"]["test"] == 60
+    assert summary["best"]["val_acc"] > 0.3  # the class patterns survive PNG round trip and loading
+
+
 class Kill(Exception):
     pass
 

@@ -322,13 +322,14 @@ def test_buffer_pool_reuses_memory():
     assert kcpu.pool_stats()["cached_bytes"] == 0
 
 
-def test_build_failure_falls_back_with_one_warning(monkeypatch):
+def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
     import torch.utils.cpp_extension as ext
 
     def broken(*a, **k):
         raise RuntimeError("error: simulated compiler failure")
 
     monkeypatch.setattr(ext, "load", broken)
+    monkeypatch.setattr(kcpu, "_build_directory", lambda: tmp_path)
     monkeypatch.setattr(kcpu, "_state", {"loaded": False, "error": None, "path": None,
                                          "seconds": None, "flags": None})
     monkeypatch.delenv("SOENSIM_GRU_BACKEND", raising=False)
@@ -342,6 +343,8 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
         gi, h0, w, b = make_inputs("sigmoid", 3, 2, 2)
         out, _ = K.fused_gru_recurrence(gi, h0, w, b)
         assert out.shape == (3, 2, 2)
+    # the failed OpenMP variant is remembered for this source, not retried
+    assert (tmp_path / "omp.failed").exists()
 
 
 def test_env_forces_generic():

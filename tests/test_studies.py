@@ -2,6 +2,7 @@
 import importlib.util
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from studies.models import (
     recurrent_diagnostics,
 )
 from studies.registry import STUDIES, UnknownStudy, get_study
-from studies.train import RunConfig
+from studies.train import ConfigError, RunConfig
 
 STUDY_MODULES = [bias_ablation, gate_ablation, sst_lowdata]
 
@@ -174,35 +175,30 @@ def test_sst_lowdata_rows_and_step_budget():
 
 # --------------------------------------------------------------------------- preprocessing
 def test_to_sequences_grayscale_downsample_and_scan_order():
-    img = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
-    img[0, 0] = 255  # pure red
+    img = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+    img[0, ..., 0] = 255  # pure red
     seq = bias_ablation.to_sequences(img, size=4, channels=1)
     assert seq.shape == (1, 16, 1) and torch.allclose(seq, torch.full_like(seq, 0.299))
-    ramp = torch.arange(16, dtype=torch.uint8).reshape(1, 1, 4, 4).expand(1, 3, 4, 4) * 10
+    ramp = np.repeat((np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1) * 10), 3, axis=-1)
     seq = bias_ablation.to_sequences(ramp, size=4, channels=1)
     assert torch.allclose(seq[0, :, 0] * 255, torch.arange(16).float() * 10, atol=1e-3)  # row-major scan
     small = bias_ablation.to_sequences(ramp, size=2, channels=3)
     assert small.shape == (1, 4, 3)
-    assert small[0, 0, 0] * 255 == pytest.approx((0 + 10 + 40 + 50) / 4)  # 2×2 block mean
+    assert float(small[0, 0, 0]) * 255 == pytest.approx((0 + 10 + 40 + 50) / 4, rel=1e-5)  # 2×2 block mean
+    perm = bias_ablation.to_sequences(ramp, size=2, channels=1, permute=True)
+    gray = bias_ablation.to_sequences(ramp, size=2, channels=1)
+    assert torch.equal(perm[0, :, 0], gray[0, [0, 2, 1, 3], 0])  # bit reversal after downsampling
+    with pytest.raises(ConfigError, match="divide"):
+        bias_ablation.to_sequences(ramp, size=3, channels=1)
 
 
-def test_bit_reversal_permutation():
-    assert bias_ablation.bit_reversal_permutation(8).tolist() == [0, 4, 2, 6, 1, 5, 3, 7]
-    p = bias_ablation.bit_reversal_permutation(1000)
-    assert sorted(p.tolist()) == list(range(1000))
-
-
-def test_stratified_split_keeps_class_proportions():
-    labels = torch.arange(1000) % 10
-    labels[:100] = 0  # class 0 over-represented
-    idx = bias_ablation.stratified_indices(labels, 200, seed=0)
-    counts = torch.bincount(labels[idx], minlength=10)
-    expect = torch.bincount(labels, minlength=10).double() * 0.2
-    assert len(idx) == 200 and len(set(idx.tolist())) == 200
-    assert torch.all((counts.double() - expect).abs() <= 1)
-    train, val = bias_ablation.split_train_val(labels, 100)
-    assert len(set(train.tolist()) & set(val.tolist())) == 0 and len(train) + len(val) == 1000
-    assert torch.equal(val, bias_ablation.split_train_val(labels, 100)[1])  # fixed seed
+def test_image_splits_are_stratified_and_disjoint():
+    labels = np.arange(1000) % 10
+    train, val = bias_ablation.split_indices(labels, 100, train_subset=300)
+    assert len(val) == 100 and len(train) == 300 and not set(train) & set(val)
+    assert np.all(np.bincount(labels[train]) == 30) and np.all(np.bincount(labels[val]) == 10)
+    again = bias_ablation.split_indices(labels, 100, train_subset=300)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])  # fixed split seed
 
 
 def test_fake_image_task_shapes_and_standardization():

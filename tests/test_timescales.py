@@ -88,9 +88,9 @@ def test_large_tau_asymptote(r):
 def test_timescale_steps_matches_gate_view(r):
     z = decay(r, 1.0)
     assert timescale_steps(r, 1.0).item() == pytest.approx(gate_timescale_steps(z).item(), rel=1e-6 if r > 1e4 else 1e-12)
-    # for tau >> dt, 1/(1-z) ≈ tau/dt + 1/2
+    # for tau >> dt, 1/(1-z) = r + 1/2 + 1/(12 r) + O(r⁻³), r = tau/dt
     if r > 100:
-        assert timescale_steps(r, 1.0).item() == pytest.approx(r + 0.5, rel=1e-6)
+        assert timescale_steps(r, 1.0).item() == pytest.approx(r + 0.5 + 1 / (12 * r), rel=1e-9)
 
 
 def test_units_and_tau0():

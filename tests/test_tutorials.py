@@ -8,7 +8,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "docs" / "tutorials").glob("*.md"))
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+TUTORIALS = sorted((DOCS / "tutorials").glob("*.md"))
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
@@ -31,3 +32,11 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
     pngs = list(tmp_path.glob("*.png"))
     assert pngs, f"{path.name} wrote no PNG figure"
     assert all(os.path.getsize(p) > 1000 for p in pngs)
+
+
+def test_getting_started_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__docs__"}
+    for code in python_blocks(DOCS / "index.md"):
+        exec(compile(code, "index.md", "exec"), namespace)
+    assert namespace["out"].shape == (8, 100, 64)

@@ -15,6 +15,7 @@ the build entirely.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -42,12 +43,13 @@ SOURCE = Path(__file__).with_name("gru_cpu.cpp")
 EXT_NAME = "soensim_gru_cpu"
 # -O3 only: the float element loops are multi-versioned inside the source
 # (x86-64-v4 / v3 / baseline picked at load time), so no -march=native is needed
-# and a cached build stays valid on another x86-64 machine.  -fopenmp lets the
-# element loops of a step use torch's OpenMP threads (the libgomp torch already
-# loaded); if that build fails, a serial build is tried.
+# (measured: no faster) and a cached build stays valid on another x86-64 machine.
+# -fopenmp lets the element loops of a step use torch's OpenMP threads (the
+# libgomp torch has loaded); if that build fails, a serial build is used, and a
+# marker file stops later processes from retrying the OpenMP one.
 BUILD_VARIANTS = (
-    {"extra_cflags": ["-O3", "-fopenmp"], "extra_ldflags": ["-fopenmp"]},
-    {"extra_cflags": ["-O3"], "extra_ldflags": []},
+    ("omp", {"extra_cflags": ["-O3", "-fopenmp"], "extra_ldflags": ["-fopenmp"]}),
+    ("serial", {"extra_cflags": ["-O3"], "extra_ldflags": []}),
 )
 
 _log = logging.getLogger(__name__)
@@ -84,24 +86,34 @@ def load(verbose: bool = False) -> bool:
 
             build_dir = _build_directory()
             build_dir.mkdir(parents=True, exist_ok=True)
-            _log.info("building/loading %s in %s", EXT_NAME, build_dir)
             path, errors = None, []
-            for variant in BUILD_VARIANTS:
+            digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+            for tag, flags in BUILD_VARIANTS:
+                failed_marker = build_dir / f"{tag}.failed"
+                if tag != BUILD_VARIANTS[-1][0] and _marker_matches(failed_marker, digest):
+                    continue
+                variant_dir = build_dir / tag
+                variant_dir.mkdir(exist_ok=True)
+                _log.info("building/loading %s (%s) in %s", EXT_NAME, tag, variant_dir)
                 try:
                     path = _load_ext(
-                        name=EXT_NAME,
+                        name=f"{EXT_NAME}_{tag}",
                         sources=[str(SOURCE)],
-                        build_directory=str(build_dir),
+                        build_directory=str(variant_dir),
                         is_python_module=False,
                         verbose=verbose,
-                        **variant,
+                        **flags,
                     )
-                    _state["flags"] = variant["extra_cflags"]
+                    _state["flags"] = flags["extra_cflags"]
                     break
                 except Exception as exc:  # try the next variant
                     errors.append(exc)
+                    try:
+                        failed_marker.write_text(f"{digest}\n{_summary(exc)}\n")
+                    except OSError:
+                        pass
             if path is None:
-                raise errors[0]
+                raise errors[-1] if errors else RuntimeError("no build variant left to try")
             torch.ops.soensim_gru.forward  # noqa: B018  (raises if not registered)
         except Exception as exc:  # any build or load failure -> generic fallback
             _state["error"] = exc
@@ -115,6 +127,14 @@ def load(verbose: bool = False) -> bool:
             return False
         _state.update(loaded=True, path=path, seconds=time.perf_counter() - t0)
         return True
+
+
+def _marker_matches(marker: Path, digest: str) -> bool:
+    """True when ``marker`` records a failed build of this very source."""
+    try:
+        return marker.read_text().split("\n", 1)[0] == digest
+    except OSError:
+        return False
 
 
 def _summary(exc: BaseException) -> str:
