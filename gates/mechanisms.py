@@ -1,37 +1,62 @@
-"""Gating mechanisms (papers/002 Table 1, papers/000 SST) as one registry.
+"""Gating mechanisms (papers/002 Table 1 and appendix B.5, papers/000 SST) as one registry.
 
-A mechanism says how the decay gate (GRU update gate, LSTM forget gate) is formed
-and initialised. Names:
+A mechanism says how the *decay gate* (GRU update gate ``z``, LSTM forget gate ``f``)
+and its tied or independent input gate are formed from the pre-activations of the
+stacked row blocks, and how the biases are initialised. :data:`GATES` maps a name to
+a :class:`Mechanism`; :func:`get_mechanism` binds it to a core (``"gru"``/``"lstm"``).
 
-========  ===================================================================
-``-``     sigmoid gates, decay-gate bias +1
-``C``     chrono init: b_f ~ log U[1, T_max - 1] (LSTM also b_i = -b_f); T_max = hidden size
-          unless ``chrono_tmax`` is given
-``O``     cumax decay gate f = cumsum(softmax(.)); LSTM input gate 1 - cumax(.)
-``U``     uniform gate initialisation (UGI): b_f = logit(u), u ~ U[1/d, 1 - 1/d]
-``R``     refine gate: g = 2 r f + (1 - 2 r) f^2, input tied to 1 - g, standard init
-``OM``    ON-LSTM master gates (cumax) with downsize factor C, main gates standard
-``UM``    master gates with sigmoid + UGI instead of cumax
-``OR``    cumax main gate + refine gate
-``UR``    UGI main gate + refine gate, refine bias = -b_f at init (papers/002 appendix A)
-``SST``   squared sigmoid-tanh: every sigmoid gate is sigmoid(x)^2 and the candidate is
-          tanh(x)*|tanh(x)| (the tanh is squared, its sign kept); LSTM output h = o * tanh(c)
-========  ===================================================================
+========  ==========================================================================
+``-``     sigmoid gates; decay-gate bias +1 (LSTM forget bias, GRU update bias; papers/001)
+``C``     chrono: b_f ~ log U[1, T_max - 1]; LSTM also b_i = -b_f (papers/002 eq. 17-18)
+``O``     cumax decay gate f = cumsum(softmax(a_f)); LSTM input i = 1 - cumax(a_i),
+          GRU input tied 1 - f; cumax biases 0
+``U``     UGI: b_f = logit(u), u ~ U[1/d, 1 - 1/d], d = hidden size; LSTM also b_i = -b_f
+``R``     refine gate r: g = 2 r f + (1 - 2 r) f², input tied to 1 - g; b_f = +1, b_r = 0
+``OM``    ON-LSTM: sigmoid main gates (b_f = +1) and cumax master gates of H/C units
+``UM``    as OM with sigmoid master gates initialised by UGI (b_mf = logit(u), b_mi = -b_mf)
+``OR``    cumax main gate + refine gate, input tied to 1 - g; biases 0
+``UR``    UGI main gate + refine gate, refine bias b_r = -b_f at init (papers/002 appendix A)
+``SST``   squared sigmoid-tanh (papers/000): every [0, 1] gate is sigmoid(a)² and the
+          candidate is tanh(a)·|tanh(a)| (the tanh is squared, its sign kept);
+          the LSTM output nonlinearity stays h = o·tanh(c); b_f = +1
+========  ==========================================================================
 
-Extra row blocks: the GRU has no independent input gate to repurpose, so GRU refine
-variants add an H-row ``refine`` block; the LSTM refine variants reuse the ``input``
-block (input tied to 1 - g) and keep the standard parameter count. Master variants add
-``master_forget`` and ``master_input`` blocks of H/C rows each.
+Row blocks (torch order first, then extras; the layer's ``gate_blocks()``):
+
+* GRU: ``reset, update, candidate`` (nn.GRU's r, z, n). The GRU has no independent
+  input gate to repurpose, so the refine variants (R, OR, UR) add an H-row ``refine``
+  block after ``candidate`` — the order :func:`gates.kernels.fused_gru_recurrence`
+  expects for mode ``"refine"`` (r, z, n, rho). A refine GRU therefore has
+  H·(I + H + 2) more parameters than nn.GRU.
+* LSTM: ``input, forget, cell, output`` (nn.LSTM's i, f, g, o). Refine variants reuse
+  the ``input`` block for the refine gate (the input gate is tied to 1 - g), so their
+  parameter count equals nn.LSTM's.
+* Master variants (OM, UM) add ``master_forget`` and ``master_input`` blocks of H/C rows
+  each (C = ``master_chunk``, default 16, must divide H); unit j uses master unit j // C.
+
+Master gates (papers/002 eq. 19-23): with main gates f, i (GRU: i = 1 - f) and master
+gates f̃, ĩ (OM: cumax and 1 - cumax; UM: sigmoids), ω = f̃·ĩ, the effective gates are
+f̂ = f·ω + (f̃ - ω) and î = i·ω + (ĩ - ω).
+
+``leaky`` mechanisms (-, C, U, R, UR, SST) have a per-unit decay bias: with every other
+pre-activation zero their effective decay gate is an elementwise function of it, so a
+physical time constant maps to a bias (:meth:`Mechanism.bias_for_decay`). cumax mixes
+units and master gates share values across a chunk: those are not leaky.
+
+Chrono T_max: papers/002 §3 sets T_max proportional to the hidden size when it is not
+tuned but gives no constant; soensim uses ``T_max = CHRONO_TMAX_PER_UNIT · H`` with
+:data:`CHRONO_TMAX_PER_UNIT` = 1 (at least 3), unless ``chrono_tmax`` is given.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, Mapping
 
 import torch
 from torch import Tensor
+
+from soensim.timescales import tau_to_bias
 
 Core = Literal["gru", "lstm"]
 
@@ -40,13 +65,104 @@ BASE_BLOCKS: dict[str, tuple[str, ...]] = {
     "gru": ("reset", "update", "candidate"),
     "lstm": ("input", "forget", "cell", "output"),
 }
-DECAY_BLOCK = {"gru": "update", "lstm": "forget"}
-ALIASES = {"r": "reset", "z": "update", "n": "candidate", "i": "input", "f": "forget", "g": "cell", "o": "output"}
+#: The block whose bias sets a unit's time constant.
+DECAY_BLOCK: dict[str, str] = {"gru": "update", "lstm": "forget"}
+#: Short names accepted wherever a block is named (torch's letters).
+ALIASES: dict[str, str] = {"r": "reset", "z": "update", "n": "candidate", "i": "input", "f": "forget",
+                           "g": "cell", "o": "output"}
+#: Default downsize factor C of master gates (papers/002 appendix D: 16 for synthetic/image tasks).
+DEFAULT_MASTER_CHUNK = 16
+#: T_max = CHRONO_TMAX_PER_UNIT × hidden size when ``chrono_tmax`` is not given (papers/002 §3).
+CHRONO_TMAX_PER_UNIT = 1.0
+#: The "+1" of the standard forget/update-gate initialisation.
+STANDARD_DECAY_BIAS = 1.0
 
 
+# --------------------------------------------------------------------------- activations
+def squared_sigmoid(x: Tensor) -> Tensor:
+    """SST gate activation sigmoid(x)², in (0, 1)."""
+    return torch.sigmoid(x).square()
+
+
+def signed_squared_tanh(x: Tensor) -> Tensor:
+    """SST candidate tanh(x)·|tanh(x)|: the tanh squared with its sign kept, in (-1, 1)."""
+    t = torch.tanh(x)
+    return t * t.abs()
+
+
+def cumax(x: Tensor, dim: int = -1) -> Tensor:
+    """cumsum(softmax(x)) along ``dim``: non-decreasing, in [0, 1], last entry 1."""
+    return torch.cumsum(torch.softmax(x, dim=dim), dim=dim)
+
+
+def refine(f: Tensor, r: Tensor) -> Tensor:
+    """Refined gate g = 2 r f + (1 - 2 r) f² = r·(1 - (1 - f)²) + (1 - r)·f².
+
+    r interpolates between the lower band f² (r = 0) and the upper band 1 - (1 - f)²
+    (r = 1); r = 1/2 gives g = f (papers/002 eq. 16).
+    """
+    return 2 * r * f + (1 - 2 * r) * f * f
+
+
+# --------------------------------------------------------------------------- bias draws
+def ugi_bias(n: int, generator: torch.Generator | None = None, d: int | None = None) -> Tensor:
+    """UGI biases logit(u), u ~ U[1/d, 1 - 1/d] (papers/002 eq. 9, appendix A), float64 (n,).
+
+    ``d`` is the hidden size that sets the bounds (default ``n``); for d ≤ 2 the bounds
+    would be empty and U[1/4, 3/4] is used instead.
+    """
+    d = n if d is None else d
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1; got {n}")
+    lo = 1.0 / d if d > 2 else 0.25
+    u = lo + (1 - 2 * lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+    return torch.logit(u)
+
+
+def chrono_bias(n: int, tmax: float, generator: torch.Generator | None = None) -> Tensor:
+    """Chrono biases log(T), T ~ U[1, T_max - 1] (Tallec & Ollivier; papers/002 eq. 17), float64 (n,)."""
+    if not tmax >= 2:
+        raise ValueError(f"chrono_tmax must be ≥ 2 steps (T ~ U[1, T_max - 1]); got {tmax}")
+    t = 1 + (tmax - 2) * torch.rand(n, generator=generator, dtype=torch.float64)
+    return torch.log(t)
+
+
+def default_chrono_tmax(hidden_size: int) -> float:
+    """T_max used when none is given: ``max(CHRONO_TMAX_PER_UNIT · hidden_size, 3)``."""
+    return max(CHRONO_TMAX_PER_UNIT * hidden_size, 3.0)
+
+
+def _standard(n: int, generator: torch.Generator | None, tmax: float) -> Tensor:
+    return torch.full((n,), STANDARD_DECAY_BIAS, dtype=torch.float64)
+
+
+def _zero(n: int, generator: torch.Generator | None, tmax: float) -> Tensor:
+    return torch.zeros(n, dtype=torch.float64)
+
+
+#: Decay-gate bias initialisers: name -> ``fn(n, generator, tmax) -> float64 (n,)``.
+BIAS_INITS: dict[str, Callable[[int, torch.Generator | None, float], Tensor]] = {
+    "standard": _standard,
+    "chrono": lambda n, gen, tmax: chrono_bias(n, tmax, gen),
+    "ugi": lambda n, gen, tmax: ugi_bias(n, gen),
+    "zero": _zero,
+}
+
+
+# --------------------------------------------------------------------------- mechanism
 @dataclass(frozen=True)
 class Mechanism:
-    """One gating variant. ``core`` is set by :meth:`for_core` when a layer binds it."""
+    """One gating variant (see the module docstring). Immutable.
+
+    Attributes:
+        name, description: registry key and one line.
+        activation: decay-gate activation: ``sigmoid``, ``cumax`` or ``sst`` (sigmoid²,
+            and also the other gates and the candidate change, see :func:`signed_squared_tanh`).
+        init: decay-gate bias initialiser, a key of :data:`BIAS_INITS`.
+        refine: an auxiliary refine gate modulates the decay gate; input tied to 1 - g.
+        master: auxiliary master gates, ``"cumax"`` (ON-LSTM) or ``"sigmoid"`` (UGI), or None.
+        core: ``"gru"`` or ``"lstm"``; set by :meth:`for_core`.
+    """
 
     name: str
     description: str
@@ -57,10 +173,12 @@ class Mechanism:
     core: Core = "gru"
 
     def for_core(self, core: Core) -> "Mechanism":
+        """The same mechanism bound to ``core``."""
         if core not in BASE_BLOCKS:
             raise ValueError(f"core must be one of {sorted(BASE_BLOCKS)}; got {core!r}")
         return dataclasses.replace(self, core=core)
 
+    # ---------------------------------------------------------------- properties
     @property
     def leaky(self) -> bool:
         """True when the decay gate is an elementwise function of a per-unit bias."""
@@ -68,7 +186,7 @@ class Mechanism:
 
     @property
     def fused_mode(self) -> str | None:
-        """Mode of :func:`gates.kernels.fused_gru_recurrence` implementing this GRU mechanism."""
+        """Mode of :func:`gates.kernels.fused_gru_recurrence` for this GRU mechanism, or None."""
         if self.master is not None or self.activation == "cumax":
             return None
         if self.activation == "sst":
@@ -77,77 +195,125 @@ class Mechanism:
 
     @property
     def decay_block(self) -> str:
+        """Block whose bias sets the time constant: ``update`` (GRU) or ``forget`` (LSTM)."""
         return DECAY_BLOCK[self.core]
-
-    def block_rows(self, hidden_size: int, chunk: int = 16) -> dict[str, int]:
-        """Row count of every block, in order (the layer's ``gate_blocks`` is built from it)."""
-        rows = {b: hidden_size for b in BASE_BLOCKS[self.core]}
-        if self.refine and self.core == "gru":
-            rows["refine"] = hidden_size
-        if self.master is not None:
-            if chunk < 1 or hidden_size % chunk:
-                raise ValueError(
-                    f"master_chunk (C) must divide hidden_size for master gates ({self.name}); "
-                    f"got hidden_size={hidden_size}, master_chunk={chunk}"
-                )
-            rows["master_forget"] = rows["master_input"] = hidden_size // chunk
-        return rows
 
     @property
     def refine_block(self) -> str | None:
+        """Block holding the refine gate: its own ``refine`` block (GRU) or ``input`` (LSTM)."""
         if not self.refine:
             return None
         return "refine" if self.core == "gru" else "input"
 
+    @property
+    def extra_blocks(self) -> tuple[str, ...]:
+        """Blocks added to the core's torch blocks (GRU refine block; master blocks)."""
+        extra: tuple[str, ...] = ("refine",) if self.refine and self.core == "gru" else ()
+        if self.master is not None:
+            extra += ("master_forget", "master_input")
+        return extra
+
+    def block_rows(self, hidden_size: int, chunk: int = DEFAULT_MASTER_CHUNK) -> dict[str, int]:
+        """Row count of every block, in order (the layer's ``gate_blocks()`` is built from it).
+
+        Raises ValueError for master mechanisms when ``chunk`` (C) does not divide ``hidden_size``.
+        """
+        rows = {b: hidden_size for b in BASE_BLOCKS[self.core]}
+        if self.refine and self.core == "gru":
+            rows["refine"] = hidden_size
+        if self.master is not None:
+            if not isinstance(chunk, int) or chunk < 1 or hidden_size % chunk:
+                raise ValueError(
+                    f"master_chunk (downsize factor C) must be a positive int dividing hidden_size for "
+                    f"master gates ({self.name!r}); got hidden_size={hidden_size}, master_chunk={chunk!r}"
+                )
+            rows["master_forget"] = rows["master_input"] = hidden_size // chunk
+        return rows
+
+    # ---------------------------------------------------------------- activations
     def gate(self, pre: Tensor) -> Tensor:
-        """Activation of the decay gate (and of the other [0, 1] gates for SST)."""
+        """Activation of the main decay gate (cumax along the last dim, sigmoid or sigmoid²)."""
         if self.activation == "cumax":
             return cumax(pre)
         return squared_sigmoid(pre) if self.activation == "sst" else torch.sigmoid(pre)
 
-    def bias_for_decay(self, z: Tensor) -> dict[str, Tensor]:
-        """Biases that make the effective decay gate equal ``z`` when other pre-activations are 0."""
+    def plain_gate(self, pre: Tensor) -> Tensor:
+        """Activation of the other [0, 1] gates (reset, input, output, refine): sigmoid, or sigmoid² for SST."""
+        return squared_sigmoid(pre) if self.activation == "sst" else torch.sigmoid(pre)
+
+    def candidate(self, pre: Tensor) -> Tensor:
+        """Candidate nonlinearity: tanh, or tanh·|tanh| for SST."""
+        return signed_squared_tanh(pre) if self.activation == "sst" else torch.tanh(pre)
+
+    # ---------------------------------------------------------------- physics mapping
+    def _require_leaky(self) -> None:
         if not self.leaky:
-            raise ValueError(f"gate {self.name!r} has no per-unit decay bias (cumax/master gates mix units)")
-        z = torch.as_tensor(z)
-        if self.activation == "sst":
-            return {self.decay_block: torch.logit(z.sqrt())}
-        out = {self.decay_block: torch.logit(z)}
-        if self.refine:  # r = 1/2 gives g = f
+            raise ValueError(
+                f"gate {self.name!r} has no per-unit decay bias (cumax/master gates mix units); "
+                "leaky gates: " + ", ".join(n for n, m in GATES.items() if m.leaky)
+            )
+
+    def bias_for_decay(self, z: Tensor | float) -> dict[str, Tensor]:
+        """Biases that make the effective decay gate equal ``z`` when every other pre-activation is 0.
+
+        ``{decay_block: logit(z)}`` for sigmoid gates, ``{decay_block: logit(√z)}`` for SST
+        (sigmoid² = z), and for refine gates also ``{refine_block: 0}`` (r = 1/2 gives g = f).
+        Float input gives float64. Raises ValueError for non-leaky mechanisms.
+        """
+        self._require_leaky()
+        z = torch.as_tensor(z, dtype=torch.float64) if not isinstance(z, Tensor) else z
+        out = {self.decay_block: torch.logit(z.sqrt() if self.activation == "sst" else z)}
+        if self.refine:
             out[self.refine_block] = torch.zeros_like(z)  # type: ignore[index]
         return out
 
-    def decay_for_bias(self, b: Tensor) -> Tensor:
-        """Inverse of :meth:`bias_for_decay` for the decay block."""
-        return self.gate(b) if self.leaky else torch.full_like(b, math.nan)
+    def bias_for_tau(self, tau: Tensor | float, dt: Tensor | float) -> dict[str, Tensor]:
+        """:meth:`bias_for_decay` of ``z = exp(-dt/tau)``, computed without forming z
+        (``tau_to_bias(tau, dt)``; SST: ``tau_to_bias(2 tau, dt)`` since √z = exp(-dt/(2 tau)))."""
+        self._require_leaky()
+        if self.activation == "sst":
+            tau = 2 * (tau if isinstance(tau, Tensor) else torch.as_tensor(tau, dtype=torch.float64))
+        b = tau_to_bias(tau, dt)
+        out = {self.decay_block: b}
+        if self.refine:
+            out[self.refine_block] = torch.zeros_like(b)  # type: ignore[index]
+        return out
 
-    def init_biases(self, bias: dict[str, Tensor], generator: torch.Generator | None = None,
+    def decay_for_bias(self, b: Tensor) -> Tensor:
+        """Inverse of :meth:`bias_for_decay` on the decay block: the decay gate at rest for bias ``b``
+        (refine bias 0 assumed)."""
+        self._require_leaky()
+        return self.gate(b)
+
+    # ---------------------------------------------------------------- initialisation
+    def init_biases(self, bias: Mapping[str, Tensor], generator: torch.Generator | None = None,
                     chrono_tmax: float | None = None) -> set[str]:
-        """Write initial values into the given bias row views (in place); returns the blocks written."""
+        """Write initial values into the given bias row views (in place); returns the blocks written.
+
+        ``bias`` maps every block name to a view of the rows of ``bias_ih`` (the caller zeroes
+        the matching ``bias_hh`` rows of the returned blocks). Decay block: :data:`BIAS_INITS`
+        ``[self.init]``; LSTM without refine and with chrono/UGI: input = -decay; refine block:
+        -b_f for UGI (UR), else 0; master blocks: 0 (cumax) or UGI with b_mi = -b_mf (sigmoid).
+        """
         f = self.decay_block
         h = bias[f].numel()
+        tmax = default_chrono_tmax(h) if chrono_tmax is None else float(chrono_tmax)
         written = {f}
+        b_f = BIAS_INITS[self.init](h, generator, tmax)
         with torch.no_grad():
-            if self.init == "standard":
-                bias[f].fill_(1.0)
-            elif self.init == "zero":
-                bias[f].zero_()
-            elif self.init == "ugi":
-                bias[f].copy_(ugi_bias(h, generator))
-            elif self.init == "chrono":
-                bias[f].copy_(chrono_bias(h, chrono_tmax or float(h), generator))
-                if self.core == "lstm" and not self.refine:
-                    bias["input"].copy_(-bias[f])
-                    written.add("input")
+            bias[f].copy_(b_f)
+            if self.core == "lstm" and not self.refine and self.init in ("chrono", "ugi"):
+                bias["input"].copy_(-b_f)  # approximately tied gates at init (papers/002 eq. 18)
+                written.add("input")
             if self.refine:
                 rb = self.refine_block
                 assert rb is not None
-                bias[rb].copy_(-bias[f] if self.init == "ugi" else torch.zeros_like(bias[f]))
+                bias[rb].copy_(-b_f if self.init == "ugi" else torch.zeros_like(b_f))
                 written.add(rb)
             if self.master is not None:
                 m = bias["master_forget"].numel()
                 if self.master == "sigmoid":
-                    b = ugi_bias(m, generator)
+                    b = ugi_bias(m, generator, d=h)
                     bias["master_forget"].copy_(b)
                     bias["master_input"].copy_(-b)
                 else:
@@ -157,76 +323,44 @@ class Mechanism:
         return written
 
 
-def squared_sigmoid(x: Tensor) -> Tensor:
-    return torch.sigmoid(x).square()
-
-
-def signed_squared_tanh(x: Tensor) -> Tensor:
-    """SST candidate: tanh(x)·|tanh(x)|, a squared tanh that keeps the sign."""
-    t = torch.tanh(x)
-    return t * t.abs()
-
-
-def cumax(x: Tensor, dim: int = -1) -> Tensor:
-    """cumsum(softmax(x)) along ``dim``: monotone non-decreasing, in [0, 1], last entry 1."""
-    return torch.cumsum(torch.softmax(x, dim=dim), dim=dim)
-
-
-def refine(f: Tensor, r: Tensor) -> Tensor:
-    """Refined gate g = 2 r f + (1 - 2 r) f^2, between f^2 (r = 0) and 1 - (1 - f)^2 (r = 1)."""
-    return 2 * r * f + (1 - 2 * r) * f * f
-
-
-def ugi_bias(n: int, generator: torch.Generator | None = None) -> Tensor:
-    """UGI: logit(u), u ~ U[1/n, 1 - 1/n] (papers/002 appendix A)."""
-    lo = 1.0 / n if n > 2 else 0.25
-    u = lo + (1 - 2 * lo) * torch.rand(n, generator=generator, dtype=torch.float64)
-    return torch.logit(u).float()
-
-
-def chrono_bias(n: int, tmax: float, generator: torch.Generator | None = None) -> Tensor:
-    """Chrono: log U[1, T_max - 1] (Tallec & Ollivier)."""
-    if tmax <= 2:
-        raise ValueError(f"chrono_tmax must be > 2 steps; got {tmax}")
-    t = 1 + (tmax - 2) * torch.rand(n, generator=generator, dtype=torch.float64)
-    return torch.log(t).float()
-
-
 def _m(name: str, description: str, **kw) -> Mechanism:
     return Mechanism(name=name, description=description, **kw)
 
 
-#: The registry: name -> mechanism (bind to a core with ``for_core``).
+#: The registry: name -> mechanism (GRU-bound; :func:`get_mechanism` binds another core).
 GATES: dict[str, Mechanism] = {
     m.name: m
     for m in (
-        _m("-", "sigmoid gates, decay bias +1", activation="sigmoid", init="standard"),
-        _m("C", "chrono initialisation", activation="sigmoid", init="chrono"),
+        _m("-", "standard sigmoid gates, decay-gate bias +1", activation="sigmoid", init="standard"),
+        _m("C", "chrono initialisation b_f ~ log U[1, T_max - 1]", activation="sigmoid", init="chrono"),
         _m("O", "cumax (ordered) decay gate", activation="cumax", init="zero"),
-        _m("U", "uniform gate initialisation", activation="sigmoid", init="ugi"),
-        _m("R", "refine gate, standard init", activation="sigmoid", init="standard", refine=True),
-        _m("OM", "ON-LSTM cumax master gates", activation="sigmoid", init="standard", master="cumax"),
-        _m("UM", "sigmoid+UGI master gates", activation="sigmoid", init="standard", master="sigmoid"),
+        _m("U", "uniform gate initialisation (UGI)", activation="sigmoid", init="ugi"),
+        _m("R", "refine gate, standard initialisation", activation="sigmoid", init="standard", refine=True),
+        _m("OM", "ON-LSTM: sigmoid main gates, cumax master gates", activation="sigmoid", init="standard",
+           master="cumax"),
+        _m("UM", "sigmoid main gates, sigmoid master gates with UGI", activation="sigmoid", init="standard",
+           master="sigmoid"),
         _m("OR", "cumax main gate + refine gate", activation="cumax", init="zero", refine=True),
-        _m("UR", "UGI main gate + refine gate", activation="sigmoid", init="ugi", refine=True),
+        _m("UR", "UGI main gate + refine gate (refine bias -b_f)", activation="sigmoid", init="ugi", refine=True),
         _m("SST", "squared sigmoid-tanh gates", activation="sst", init="standard"),
     )
 }
 
 
 def get_mechanism(name: str, core: Core = "gru") -> Mechanism:
-    """Registry lookup; an unknown name lists the known ones."""
+    """Registry lookup bound to ``core``; an unknown name lists the known ones."""
     if name not in GATES:
         raise ValueError(f"gate must be one of {list(GATES)}; got {name!r}")
     return GATES[name].for_core(core)
 
 
 def block_name(name: str) -> str:
-    """Full block name for a short alias (r, z, n, i, f, g, o)."""
+    """Full block name for a short alias (r, z, n, i, f, g, o); other names pass through."""
     return ALIASES.get(name, name)
 
 
 __all__ = [
-    "ALIASES", "BASE_BLOCKS", "GATES", "Mechanism", "block_name", "chrono_bias", "cumax", "get_mechanism",
-    "refine", "signed_squared_tanh", "squared_sigmoid", "ugi_bias",
+    "ALIASES", "BASE_BLOCKS", "BIAS_INITS", "CHRONO_TMAX_PER_UNIT", "DECAY_BLOCK", "DEFAULT_MASTER_CHUNK", "GATES",
+    "Mechanism", "STANDARD_DECAY_BIAS", "block_name", "chrono_bias", "cumax", "default_chrono_tmax",
+    "get_mechanism", "refine", "signed_squared_tanh", "squared_sigmoid", "ugi_bias",
 ]

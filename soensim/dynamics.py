@@ -132,41 +132,6 @@ def gru_update(h: Tensor, n: Tensor, z: Tensor, one_minus_z: Optional[Tensor] = 
     return z * h + omz * n
 
 
-def linear_scan(z: Tensor, u: Tensor, h0: Tensor, chunk: int = 64) -> Tensor:
-    """All states of the linear recurrence ``h_{t+1} = z·h_t + u_t`` at once.
-
-    Args:
-        z: ``(N,)`` per-unit decay in [0, 1].
-        u: ``(T, B, N)`` per-step input (for the leaky unit ``(1 - z)·n_t``).
-        h0: ``(B, N)`` initial state.
-        chunk: steps per block. Inside a block the states are one batched matrix product
-            with the lower-triangular matrix of powers ``z^(a-b)`` (all ≤ 1, so no growth);
-            blocks are chained, so the Python loop runs ``T/chunk`` times instead of ``T``.
-
-    Returns:
-        ``(T + 1, B, N)`` with ``h0`` first. Equal to stepping :func:`gru_update` T times up to
-        rounding; differentiable.
-    """
-    steps = u.shape[0]
-    if steps == 0:
-        return h0.unsqueeze(0)
-    size = max(1, min(int(chunk), steps))
-    k = torch.arange(size, device=u.device)
-    expo = k[:, None] - k[None, :]  # (L, L): a - b
-    powers = torch.where(expo >= 0, z[:, None, None] ** expo.clamp_min(0).to(z.dtype), torch.zeros((), dtype=z.dtype, device=z.device))
-    carry = z[None, :] ** (k[:, None] + 1).to(z.dtype)  # (L, N): z^(a+1)
-    out = [h0.unsqueeze(0)]
-    h = h0
-    for block in u.split(size, 0):
-        n_steps = block.shape[0]
-        # (N, l, l) @ (N, l, B) -> (N, l, B) -> (l, B, N)
-        conv = torch.bmm(powers[:, :n_steps, :n_steps], block.permute(2, 0, 1)).permute(1, 2, 0)
-        states = conv + carry[:n_steps, None, :] * h.unsqueeze(0)
-        out.append(states)
-        h = states[-1]
-    return torch.cat(out, 0)
-
-
 # --------------------------------------------------------------------------------------
 # GRU-style continuous gated unit: dh/dt = (n(x, h) - h)/tau
 # --------------------------------------------------------------------------------------
@@ -348,17 +313,16 @@ class Discretization:
             whole sequence, e.g. ``(1 - z)·n``).
         step: ``(y, operand_t) -> y'``.
         exact: True when the update is the exact solution under zero-order hold.
-        scan: optional ``(y0, operands) -> (T + 1, B, N)`` computing all steps at once (used
-            by :func:`~soensim.simulate.simulate` when present; must equal repeated ``step``).
     """
 
     prepare: Callable[[Tensor], Tensor]
     step: Callable[[Tensor, Tensor], Tensor]
     exact: bool
-    scan: Optional[Callable[[Tensor, Tensor], Tensor]] = None
 
 
 DriveLike = Union[Tensor, Callable[[Tensor], Tensor]]
+TensorLike = Union[float, Tensor]
+Device = Union[str, torch.device, None]
 
 
 class DrivenSystem(nn.Module):
@@ -390,7 +354,7 @@ class DrivenSystem(nn.Module):
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------
-    def initial_state(self, batch: int, dtype: Optional[torch.dtype] = None, device=None) -> Tensor:
+    def initial_state(self, batch: int, dtype: Optional[torch.dtype] = None, device: Device = None) -> Tensor:
         """Zero state ``(batch, N)``, by default in the dtype/device of the model's parameters."""
         ref = self._reference_tensor()
         return torch.zeros(batch, self.state_size, dtype=dtype or ref.dtype, device=device or ref.device)
@@ -405,7 +369,7 @@ class DrivenSystem(nn.Module):
         d = self._held
         if d is None:
             raise RuntimeError(f"{type(self).__name__}: no drive held; call model.hold(model.drive(x)) first")
-        if callable(d) and not isinstance(d, Tensor):
+        if callable(d):
             d = d(t)
         return self.vector_field(y, d)
 
@@ -419,7 +383,7 @@ class DrivenSystem(nn.Module):
 
 
 def _log_tau(tau: Union[float, Tensor], n: int, dtype, device) -> Tensor:
-    t = torch.as_tensor(tau, dtype=torch.float64)
+    t = (tau.detach() if isinstance(tau, Tensor) else torch.as_tensor(tau, dtype=torch.float64)).to(torch.float64)
     if t.dim() == 0:
         t = t.expand(n)
     if t.shape != (n,):
@@ -430,7 +394,8 @@ def _log_tau(tau: Union[float, Tensor], n: int, dtype, device) -> Tensor:
 
 
 def _per_unit(value: Union[float, Tensor], n: int, name: str, dtype, device) -> Tensor:
-    t = torch.as_tensor(value, dtype=dtype, device=device)
+    t = value.detach() if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float64)
+    t = t.to(dtype=dtype, device=device)
     if t.dim() == 0:
         t = t.expand(n)
     if t.shape != (n,):
@@ -469,7 +434,15 @@ class LeakyIntegrator(_TauMixin, DrivenSystem):
         device: parameter device.
     """
 
-    def __init__(self, tau, size: Optional[int] = None, *, learn_tau: bool = False, dtype=None, device=None) -> None:
+    def __init__(
+        self,
+        tau: TensorLike,
+        size: Optional[int] = None,
+        *,
+        learn_tau: bool = False,
+        dtype: Optional[torch.dtype] = None,
+        device: Device = None,
+    ) -> None:
         super().__init__()
         n = size if size is not None else int(torch.as_tensor(tau).numel())
         self._init_tau(tau, n, learn_tau, dtype, device)
@@ -493,7 +466,6 @@ class LeakyIntegrator(_TauMixin, DrivenSystem):
             prepare=lambda d: omz * d,
             step=lambda h, u: torch.addcmul(u, z, h),
             exact=True,
-            scan=lambda h0, u: linear_scan(z, u, h0),
         )
 
     def extra_repr(self) -> str:
@@ -526,12 +498,12 @@ class LeakyGatedUnit(_TauMixin, DrivenSystem):
         self,
         input_size: int,
         hidden_size: int,
-        tau,
+        tau: TensorLike,
         *,
         reset_gate: bool = True,
         learn_tau: bool = False,
-        dtype=None,
-        device=None,
+        dtype: Optional[torch.dtype] = None,
+        device: Device = None,
     ) -> None:
         super().__init__()
         n, d = hidden_size, input_size
@@ -611,19 +583,19 @@ class SOENDendrite(_TauMixin, DrivenSystem):
 
     def __init__(
         self,
-        tau,
+        tau: TensorLike,
         size: Optional[int] = None,
         *,
-        beta_L,
-        i_b=1.8,
+        beta_L: TensorLike,
+        i_b: TensorLike = 1.8,
         J: Optional[Tensor] = None,
-        phi_offset=0.0,
+        phi_offset: TensorLike = 0.0,
         J_in: Optional[Tensor] = None,
         flux_noise: float = 0.0,
         tau0: Optional[float] = None,
         learn_tau: bool = False,
-        dtype=None,
-        device=None,
+        dtype: Optional[torch.dtype] = None,
+        device: Device = None,
     ) -> None:
         super().__init__()
         n = size if size is not None else int(torch.as_tensor(tau).numel())
@@ -716,7 +688,6 @@ __all__ = [
     "gru_update",
     "leaky_step",
     "leaky_vector_field",
-    "linear_scan",
     "soen_flux",
     "soen_step",
     "soen_vector_field",

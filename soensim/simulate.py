@@ -19,7 +19,7 @@ heuristics do not depend on whether times are in seconds or τ₀ units.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -115,7 +115,7 @@ def simulate(
     *,
     substeps: int = 1,
     generator: Optional[torch.Generator] = None,
-    **solver_options,
+    **solver_options: Any,
 ) -> Tensor:
     """Run ``model`` over ``inputs`` held constant over each step of width ``dt``.
 
@@ -166,8 +166,6 @@ def simulate(
         if substeps != 1 or solver_options:
             raise ValueError(f"method 'exact' takes no substeps or solver options; got substeps={substeps}, {sorted(solver_options)}")
         disc = model.discretize(dt)
-        if disc.scan is not None:
-            return disc.scan(y, disc.prepare(drives))
         out = [y]
         for u in disc.prepare(drives).unbind(0):  # unbind: O(T) backward, unlike per-step indexing
             y = disc.step(y, u)

@@ -64,7 +64,7 @@ SWEEPS: dict[str, tuple[Any, ...]] = {
 _BASE = dict(task="adding", cell="gru", gate="-", head="linear", optimizer="adam", lr=1e-2, lr_min=1e-3,
              schedule="cosine", clip_norm=1.0, batch_size=64, orthogonal_hh=False, gate_stats=False,
              log_every=10, progress=False, threads=1, val_size=0)
-_ROWS = {"software": {}, "hardware": {"profile": HW}}
+_ROWS = {"software": {}, "hardware": {"profile": HW, "hw_dt": 1e-8}}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -77,15 +77,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": {**_BASE, "seq_len": 30, "hidden": 32, "steps_per_epoch": 250, "epochs": 4, "eval_size": 500},
         "rows": _ROWS, "seeds": 2,
         "notes": ("quick (CPU, ~2 min): adding N=30, GRU hidden 32, Adam 1e-2 cosine to 1e-3, clip 1, batch 64, "
-                  "1,000 steps; software vs soen-dendrite (τ ∈ [10 ns, 1 µs] at Δt = profile.dt·1024/30 ≈ 3.4 ns, "
-                  "|W| ≤ 0.5); 2 training seeds × 3 noise seeds."),
+                  "1,000 steps; software vs soen-dendrite (τ ∈ [10 ns, 1 µs] at Δt = 10 ns: τ/Δt from 1 to 100 "
+                  "steps; |W| ≤ 0.5); 2 training seeds × 3 noise seeds."),
         "sweep_seeds": 3,
     },
     "full": {
         "base": {**_BASE, "seq_len": 100, "hidden": 64, "steps_per_epoch": 500, "epochs": 8, "eval_size": 1000,
                  "lr": 3e-3, "lr_min": 1e-4},
-        "rows": _ROWS, "seeds": 5,
-        "notes": "full: adding N=100, hidden 64, 4,000 steps; 5 training seeds × 5 noise seeds.",
+        "rows": {"software": {}, "hardware": {"profile": HW, "hw_dt": 5e-9}}, "seeds": 5,
+        "notes": ("full: adding N=100, hidden 64, 4,000 steps; software vs soen-dendrite at Δt = 5 ns "
+                  "(τ/Δt from 2 to 200 steps); 5 training seeds × 5 noise seeds."),
         "sweep_seeds": 5,
     },
 }

@@ -15,7 +15,7 @@ def fit_order(dts, errors):
     return float(np.polyfit(np.log(dts), np.log(errors), 1)[0])
 
 
-def stiff_leaky(seed=0, n=6, b=2, steps=20, dt=1.0):
+def stiff_leaky(seed=0, n=6, b=2, steps=15, dt=1.0):
     """Leaky units with tau spread over 4 decades (tau/dt from 0.1 to 1000) and random ZOH targets."""
     gen = torch.Generator().manual_seed(seed)
     tau = dt * 10 ** (4 * torch.rand(n, generator=gen, dtype=F64) - 1)
@@ -67,7 +67,7 @@ def test_exact_leaky_matches_dopri5_and_radau_stiff():
     err_radau = np.abs(ex - rd).max()
     err_solvers = np.abs(dp - rd).max()
     print(f"max |exact - dopri5| = {err_dopri:.2e}, |exact - Radau| = {err_radau:.2e}, |dopri5 - Radau| = {err_solvers:.2e}")
-    # solver tolerance rtol 1e-7 (|h| ~ 1, 20 steps): agreement to a few times the tolerance
+    # solver tolerance rtol 1e-7 (|h| ~ 1, 15 steps): agreement to a few times the tolerance
     assert err_dopri < 1e-6
     assert err_radau < 1e-8
     assert err_solvers < 1e-6
@@ -84,7 +84,7 @@ def test_piecewise_constant_forcing_is_not_smoothed():
         torch.testing.assert_close(out, ex, rtol=0, atol=1e-7, msg=method)
 
 
-@pytest.mark.parametrize("method,rtol", [("dopri8", 1e-9), ("bosh3", 1e-8), ("adaptive_heun", 1e-4)])
+@pytest.mark.parametrize("method,rtol", [("dopri8", 1e-9), ("bosh3", 1e-6), ("adaptive_heun", 1e-4)])
 def test_other_adaptive_solvers_agree(method, rtol):
     _, x, h0, dt = stiff_leaky(1, n=4, b=2, steps=8)
     m = LeakyIntegrator(torch.tensor([0.5, 2.0, 10.0, 100.0], dtype=F64), dtype=F64)

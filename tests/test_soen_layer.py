@@ -163,3 +163,23 @@ def test_trains_on_the_adding_task():
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.5 * first, (first, last)
     assert last < 0.25
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    from soensim.transfer import to_continuous
+
+    layer = layer64()
+    x = inputs(t=8)
+    y_cpu, _ = layer(x)
+    gpu = layer64().cuda()
+    y_gpu, _ = gpu(x.cuda())
+    assert torch.allclose(y_gpu.cpu(), y_cpu, atol=1e-10)
+    gpu.flux_noise = 0.05
+    y_noisy, _ = gpu(x.cuda())
+    y_noisy.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in gpu.parameters() if p.requires_grad)
+    gru = nn.GRU(2, 5).double()
+    cont = to_continuous(gru).cuda()
+    assert torch.allclose(cont.run(x.cuda())[0].cpu(), gru(x)[0], atol=1e-10)
