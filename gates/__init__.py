@@ -1,5 +1,14 @@
-"""Gating mechanisms and drop-in recurrent layers (GRU and LSTM cores)."""
+"""Gating mechanisms and drop-in recurrent layers (GRU and LSTM cores).
+
+- :mod:`gates.mechanisms` — the registry :data:`GATES` (-, C, O, U, R, OM, UM, OR, UR, SST);
+- :mod:`gates.functional` — reference step/sequence functions (the ground truth);
+- :mod:`gates.layers` — :class:`GatedGRU`, :class:`GatedLSTM` (nn.GRU/nn.LSTM drop-ins);
+- :mod:`gates.init` — initialisers and bias freezing for any GRU/LSTM-like layer;
+- :mod:`gates.stats` — opt-in gate statistics (:class:`GateRecorder`);
+- :mod:`gates.kernels` — fused recurrences used by the layers when available.
+"""
 from .layers import GatedGRU, GatedLSTM, build_layer
 from .mechanisms import GATES, Mechanism, get_mechanism
+from .stats import GateRecorder
 
-__all__ = ["GATES", "GatedGRU", "GatedLSTM", "Mechanism", "build_layer", "get_mechanism"]
+__all__ = ["GATES", "GateRecorder", "GatedGRU", "GatedLSTM", "Mechanism", "build_layer", "get_mechanism"]

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
+from torchdiffeq import odeint
 
 from .dynamics import DrivenSystem
 
@@ -171,8 +172,6 @@ def simulate(
             y = disc.step(y, u)
             out.append(y)
         return torch.stack(out)
-
-    from torchdiffeq import odeint
 
     field = _HeldField(model, dt)
     kwargs: dict = {"method": solver.torchdiffeq_method}

@@ -279,7 +279,7 @@ def _read_tar_fast(path: Path, want: Callable[[str], bool]) -> TarContents:
                 raise _Unsupported("header checksum")
             typ = hdr[156:157]
             name = hdr[:100].split(b"\0", 1)[0]
-            if hdr[257:262] == b"ustar":
+            if hdr[257:265] == b"ustar\x0000":  # POSIX ustar; GNU headers keep other fields there
                 prefix = hdr[345:500].split(b"\0", 1)[0]
                 if prefix:
                     name = prefix + b"/" + name
@@ -688,7 +688,7 @@ def _read_cache(path: Path, signature: str, split: str) -> tuple[np.ndarray, np.
     except FileNotFoundError:
         return None
     except Exception as exc:  # a damaged cache file is ignored and rewritten
-        warnings.warn(f"ignoring unreadable cache file {path}: {exc}", stacklevel=3)
+        warnings.warn(f"ignoring unreadable cache file {path}: {exc}", stacklevel=4)
         return None
     if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE or labels.shape != images.shape[:1]:
         return None
@@ -705,7 +705,7 @@ def _write_cache(dirs: list[Path], name: str, signature: str, decoded: Decoded) 
         except OSError as exc:
             log.debug("cannot write cache in %s: %s", d, exc)
     warnings.warn(f"could not write the decoded-data cache in any of {[str(d) for d in dirs]}; "
-                  f"set ${CACHE_ENV} to a writable folder", stacklevel=3)
+                  f"set ${CACHE_ENV} to a writable folder", stacklevel=4)
     return None
 
 
@@ -740,13 +740,26 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "train"
 
     Looks in ``data_dir`` (else ``$SOENSIM_DATA_DIR``, else :data:`DEFAULT_DATA_DIR`) as the
     module docstring describes; downloads the official archive there when nothing is found
-    and ``download`` is true. ``cache=False`` decodes without reading or writing the cache.
+    and ``download`` is true. Both splits are decoded and cached at once, so asking for the
+    other split next reads the cache. ``cache=False`` neither reads nor writes the cache.
     Raises :class:`FileNotFoundError` (nothing found), :class:`DataError` (a corrupt or
     malformed file, named in the message), :class:`UnsafePickleError` (a pickle asking for a
     forbidden global).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    return _load(data_dir, (split,), download, cache, cache_dir)[split]
+
+
+def load_cifar10_splits(data_dir: str | os.PathLike | None = None, *, download: bool = True, cache: bool = True,
+                        cache_dir: str | os.PathLike | None = None) -> dict[str, LoadedSplit]:
+    """``{"train": ..., "test": ...}`` as :func:`load_cifar10` gives them, decoding at most once
+    (even with ``cache=False``)."""
+    return _load(data_dir, SPLITS, download, cache, cache_dir)
+
+
+def _load(data_dir: str | os.PathLike | None, splits: Sequence[str], download: bool, cache: bool,
+          cache_dir: str | os.PathLike | None) -> dict[str, LoadedSplit]:
     t0 = time.perf_counter()
     root = resolve_data_dir(data_dir)
     found = find_cifar_source(root)
@@ -761,7 +774,7 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "train"
         found = find_cifar_source(root)
         assert found is not None
     kind, source = found
-    info: dict[str, Any] = {"source": str(source), "format": kind, "cache": None, "from_cache": False}
+    base: dict[str, Any] = {"source": str(source), "format": kind, "cache": None, "from_cache": False}
     signature = name = None
     dirs: list[Path] = []
     if cache:
@@ -769,18 +782,23 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "train"
         name = _cache_name(source, signature)
         dirs = _cache_dirs(root if root.is_dir() else root.parent, cache_dir)
         for d in dirs:
-            hit = _read_cache(d / name, signature, split)
-            if hit is not None:
-                info.update(classes=hit[2], cache=str(d / name), from_cache=True, seconds=time.perf_counter() - t0)
-                return LoadedSplit(hit[0], hit[1], info)
+            hits = {}
+            for split in splits:
+                hit = _read_cache(d / name, signature, split)
+                if hit is None:
+                    break
+                hits[split] = hit
+            if len(hits) == len(splits):
+                info = {**base, "classes": hits[splits[0]][2], "cache": str(d / name), "from_cache": True,
+                        "seconds": time.perf_counter() - t0}
+                return {s: LoadedSplit(h[0], h[1], dict(info)) for s, h in hits.items()}
     log.info("decoding CIFAR-10 from %s (%s)", source, kind)
     decoded = READERS[kind](source)
     if cache and name is not None and signature is not None:
         written = _write_cache(dirs, name, signature, decoded)
-        info["cache"] = str(written) if written else None
-    images, labels = decoded.splits[split]
-    info.update(classes=decoded.classes, seconds=time.perf_counter() - t0)
-    return LoadedSplit(images, labels, info)
+        base["cache"] = str(written) if written else None
+    info = {**base, "classes": decoded.classes, "seconds": time.perf_counter() - t0}
+    return {s: LoadedSplit(*decoded.splits[s], dict(info)) for s in splits}
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -994,6 +1012,9 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.order(self.epoch)
         self.epoch += 1
+        return self._batches(order)
+
+    def _batches(self, order: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             yield self.dataset.x[idx], self.dataset.y[idx]
@@ -1042,8 +1063,8 @@ def make_cifar_loaders(data_dir: str | os.PathLike | None = None, mode: str = "g
     training split (recorded in ``info``). The training loader shuffles with ``seed``
     (see :class:`BatchLoader`); validation and test are in order.
     """
-    tr = load_cifar10(data_dir, "train", download=download, cache_dir=cache_dir)
-    te = load_cifar10(data_dir, "test", download=download, cache_dir=cache_dir)
+    both = load_cifar10_splits(data_dir, download=download, cache_dir=cache_dir)
+    tr, te = both["train"], both["test"]
     train_idx, val_idx = stratified_split(tr.labels, val_fraction, split_seed)
     test_idx = np.arange(len(te.labels))
     if subset is not None:
@@ -1087,7 +1108,7 @@ __all__ = [
     "LUMA", "LoadedSplit", "Loaders", "OFFICIAL_ARCHIVE", "OFFICIAL_DIR", "OFFICIAL_MD5", "OFFICIAL_URL", "READERS",
     "RestrictedUnpickler", "SequenceDataset", "TEST_BATCHES", "TRAIN_BATCHES", "TarContents", "UnsafePickleError",
     "bit_reversal_permutation", "count_images", "decode_image", "download_cifar10", "download_official",
-    "find_cifar_source", "load_batch", "load_cifar10", "load_digits", "make_cifar_loaders", "make_digits_loaders",
+    "find_cifar_source", "load_batch", "load_cifar10", "load_cifar10_splits", "load_digits", "make_cifar_loaders", "make_digits_loaders",
     "read_image_archive", "read_image_folder", "read_official_archive", "read_official_dir", "read_tar",
     "resolve_data_dir", "restricted_loads", "sequence_stats", "stratified_split", "stratified_subset",
     "to_sequences",

@@ -354,8 +354,11 @@ def _compare(summary: Sequence[Mapping[str, Any]], metric: str | None, higher: b
             if vals:
                 rec[f"{g}_{metric}"] = sum(v for v, _ in vals) / len(vals)
                 rec[f"{g}_drop"] = sum(_drop(v, i, higher) for v, i in vals) / len(vals)
+                rel = [_drop(v, i, higher) / abs(i) for v, i in vals if i]
+                rec[f"{g}_rel_drop"] = sum(rel) / len(rel) if rel else math.nan
         if "software_drop" in rec and "hardware_drop" in rec:
             rec["hardware_loses_less"] = rec["hardware_drop"] < rec["software_drop"]
+            rec["hardware_loses_less_rel"] = rec["hardware_rel_drop"] < rec["software_rel_drop"]
         records.append(rec)
     return records
 
@@ -372,6 +375,10 @@ def _fmt(v: Any, std: Any = None, digits: int = 4) -> str:
             s += f" ± {std:.2g}"
         return s
     return "" if v is None else str(v)
+
+
+def _pct(v: Any) -> str:
+    return "–" if not isinstance(v, float) or math.isnan(v) else f"{100 * v:+.0f}%"
 
 
 def _value_label(kind: str, v: Any) -> str:
@@ -437,16 +444,25 @@ def write_outputs(out: Path, rows, summary, comparison, checks, metric, higher, 
     if comp:
         lines += ["## Software-trained vs hardware-trained: drop from ideal", "",
                   f"Drop = change of the test {metric} from the same model's ideal value, towards worse "
-                  "(positive = worse).", "",
-                  f"| non-ideality | value | software {metric} | software drop | hardware {metric} | hardware drop "
-                  "| hardware loses less |", "|---|---|---|---|---|---|---|"]
+                  "(positive = worse); relative drop = drop / ideal. Averaged over the runs of each kind. "
+                  "When the two kinds start from different ideal values, the absolute and the relative "
+                  "comparison can disagree: read both.", "",
+                  f"| non-ideality | value | software {metric} | software drop (rel.) | hardware {metric} | "
+                  "hardware drop (rel.) | hardware loses less: absolute | relative |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in comp:
             if c["value"] in ("ideal", 0, 0.0):
                 continue
             lines.append(f"| {c['kind']} | {_value_label(c['kind'], c['value'])} | {_fmt(c[f'software_{metric}'])} | "
-                         f"{_fmt(c['software_drop'])} | {_fmt(c[f'hardware_{metric}'])} | {_fmt(c['hardware_drop'])} | "
-                         f"{_fmt(c['hardware_loses_less'])} |")
-        lines.append("")
+                         f"{_fmt(c['software_drop'], digits=3)} ({_pct(c['software_rel_drop'])}) | "
+                         f"{_fmt(c[f'hardware_{metric}'])} | {_fmt(c['hardware_drop'], digits=3)} "
+                         f"({_pct(c['hardware_rel_drop'])}) | {_fmt(c['hardware_loses_less'])} | "
+                         f"{_fmt(c['hardware_loses_less_rel'])} |")
+        n_abs = sum(bool(c["hardware_loses_less"]) for c in comp if c["value"] not in ("ideal", 0, 0.0))
+        n_rel = sum(bool(c["hardware_loses_less_rel"]) for c in comp if c["value"] not in ("ideal", 0, 0.0))
+        n = sum(1 for c in comp if c["value"] not in ("ideal", 0, 0.0))
+        lines += ["", f"Hardware-trained runs lose less in {n_abs} of {n} settings (absolute) and {n_rel} of {n} "
+                  "(relative).", ""]
     write_text_atomic(out / "transfer.md", "\n".join(lines))
     files["transfer_md"] = out / "transfer.md"
     for kind in sweeps:
