@@ -20,13 +20,15 @@ Levels:
           the input projection from ``gates.kernels.input_projection`` (or
           ``F.linear`` with ``--plain-projection``).
   layer   ``gates.layers.GatedGRU(I, H, gate=g, batch_first=True)`` for each gate
-          name (needs gates.layers; chrono gets ``t_max=T``).
+          name (needs gates.layers; chrono gets ``chrono_tmax=T``; gate names from
+          ``gates.mechanisms.GATES`` unless ``--gates``), nn.GRU batch_first too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -138,12 +140,18 @@ def _gate_names(requested):
     return list(DEFAULT_GATES)
 
 
-def make_layer(shape, device, dtype, loss_kind, gate):
+def make_layer(shape, device, dtype, loss_kind, gate, implementation=None):
     layers = importlib.import_module("gates.layers")
     B, T, H, I = shape["B"], shape["T"], shape["H"], shape["I"]
+    params = inspect.signature(layers.GatedGRU).parameters
     kwargs = {"batch_first": True}
     if gate == "C":
-        kwargs["t_max"] = T
+        for name in ("chrono_tmax", "t_max"):
+            if name in params:
+                kwargs[name] = T
+                break
+    if implementation is not None:
+        kwargs["implementation"] = implementation
     torch.manual_seed(0)
     layer = layers.GatedGRU(I, H, gate=gate, **kwargs).to(device, dtype)
     x = torch.randn(B, T, I, device=device, dtype=dtype)
@@ -194,7 +202,9 @@ def run_shape(shape_name, args, device, dtype) -> list[Result]:
             raise SystemExit(f"--level layer needs gates.layers ({exc})") from None
         for gate in _gate_names(args.gates):
             try:
-                contenders[f"gate {gate}"] = make_layer(shape, device, dtype, args.loss, gate)
+                contenders[f"gate {gate}"] = make_layer(
+                    shape, device, dtype, args.loss, gate, args.implementation
+                )
                 refs[f"gate {gate}"] = "gate -"
             except Exception as exc:  # a gate the layer does not support yet
                 print(f"# skipping gate {gate!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -291,6 +301,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="kernel backends (default: the one backend_for(device) picks)",
     )
     p.add_argument("--gates", nargs="+", default=None, help="layer level: gate names (default: all known)")
+    p.add_argument("--implementation", default=None,
+                   help="layer level: GatedGRU(implementation=...) (default: the layer's own default)")
     p.add_argument("--loss", choices=["full", "last"], default="full",
                    help="full: out.sum()+h_T.sum(); last: h_T.sum() only")
     p.add_argument("--plain-projection", action="store_true",

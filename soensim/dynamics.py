@@ -61,8 +61,8 @@ class SourceFit:
     sharpness: float = 100.0
 
 
-#: The published fit used by default.
 SOURCE_FIT = SourceFit()
+"""The published fit (DESIGN §3.2), used by default."""
 
 
 def _tensor(x: Union[float, Tensor], like: Optional[Tensor] = None) -> Tensor:

@@ -47,8 +47,8 @@ class Solver:
     torchdiffeq_method: Optional[str] = None
 
 
-#: Registry of integration methods, by name.
 SOLVERS: dict[str, Solver] = {}
+"""Registry of integration methods by name (see :func:`register_solver`)."""
 
 
 def register_solver(solver: Solver) -> Solver:

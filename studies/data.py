@@ -511,9 +511,11 @@ def read_image_archive(path: str | os.PathLike) -> Decoded:
     """A tar(.gz) holding ``[prefix/]{train,test}/<class>/*.jpg|png``, read in one pass; an
     official archive under another name is recognised and read as such."""
     path = Path(path)
-    tar = read_tar(path, lambda n: _split_class(n) is not None or n.rsplit("/", 1)[-1] in TRAIN_BATCHES + TEST_BATCHES,
+    official = set(TRAIN_BATCHES + TEST_BATCHES)
+    base = lambda n: n.rsplit("/", 1)[-1]  # noqa: E731
+    tar = read_tar(path, lambda n: _split_class(n) is not None or base(n) in official,
                    expected="a tar of train/<class>/*.jpg|png and test/<class>/... images")
-    batches = {n.rsplit("/", 1)[-1]: raw for n, raw in tar.files if n.rsplit("/", 1)[-1] in TRAIN_BATCHES + TEST_BATCHES}
+    batches = {base(n): raw for n, raw in tar.files if base(n) in official}
     if batches and not any(_split_class(n) for n, _ in tar.files):
         return _official({w: load_batch(raw, f"{path}:{w}") for w, raw in batches.items()}, path)
     items = [(*_split_class(name), name, raw) for name, raw in tar.files if _split_class(name)]  # type: ignore[misc]
@@ -1108,7 +1110,8 @@ __all__ = [
     "LUMA", "LoadedSplit", "Loaders", "OFFICIAL_ARCHIVE", "OFFICIAL_DIR", "OFFICIAL_MD5", "OFFICIAL_URL", "READERS",
     "RestrictedUnpickler", "SequenceDataset", "TEST_BATCHES", "TRAIN_BATCHES", "TarContents", "UnsafePickleError",
     "bit_reversal_permutation", "count_images", "decode_image", "download_cifar10", "download_official",
-    "find_cifar_source", "load_batch", "load_cifar10", "load_cifar10_splits", "load_digits", "make_cifar_loaders", "make_digits_loaders",
+    "find_cifar_source", "load_batch", "load_cifar10", "load_cifar10_splits", "load_digits", "make_cifar_loaders",
+    "make_digits_loaders",
     "read_image_archive", "read_image_folder", "read_official_archive", "read_official_dir", "read_tar",
     "resolve_data_dir", "restricted_loads", "sequence_stats", "stratified_split", "stratified_subset",
     "to_sequences",

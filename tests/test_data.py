@@ -413,7 +413,8 @@ def test_both_splits_decode_once_even_without_cache(tmp_path, monkeypatch):
     reader = data.READERS["official-dir"]
     monkeypatch.setitem(data.READERS, "official-dir", lambda p: calls.append(p) or reader(p))
     both = data.load_cifar10_splits(tmp_path, download=False, cache=False)
-    assert len(calls) == 1 and len(both["train"].labels) == 100 and both["test"].labels.tolist() == batches["test_batch"][1]
+    assert len(calls) == 1 and len(both["train"].labels) == 100
+    assert both["test"].labels.tolist() == batches["test_batch"][1]
     data.load_cifar10_splits(tmp_path, download=False)  # decodes and writes the cache
     cached = data.load_cifar10_splits(tmp_path, download=False)
     assert len(calls) == 2 and cached["train"].info["from_cache"] and cached["test"].info["from_cache"]
@@ -480,7 +481,8 @@ def test_stratified_split_proportions_and_determinism():
     rng = np.random.default_rng(5)
     labels = labels[rng.permutation(len(labels))]
     tr, va = data.stratified_split(labels, 0.15, seed=1)
-    assert len(np.intersect1d(tr, va)) == 0 and np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(len(labels)))
+    assert len(np.intersect1d(tr, va)) == 0
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(len(labels)))
     assert len(va) == round(0.15 * len(labels))
     share = np.bincount(labels) * 0.15
     got = np.bincount(labels[va], minlength=10)
