@@ -16,8 +16,8 @@ of ``eval_size`` sequences drawn with seeds of their own. An "epoch" is
 Rows: ``<task>-<gate>`` for gate in ``-, C, O, U, R, OM, UM, OR, UR, SST`` (``-`` written ``std``). Chrono's T_max is
 the sequence length. The full preset follows App. D.1 (LSTM, hidden 256, Adam 1e-3, clip 1.0,
 copy N = 500 for 100k steps, adding N = 2000 for 20k steps); the batch size is not given
-there: 64 here. The quick preset is a CPU-sized version (hidden 64, copy N = 50, adding
-N = 100, 1,500 and 1,000 steps).
+there: 64 here. The quick preset is a CPU-sized version (hidden 64, copy N = 30 for 1,000
+steps, adding N = 50 for 500 steps).
 """
 from __future__ import annotations
 
@@ -64,10 +64,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "base": {**PAPER, "hidden": 64, "steps_per_epoch": 250, "eval_size": 500, "log_every": 10,
                  "gate_stats_size": 128, "threads": 1},
-        "rows": _rows({"seq_len": 50, "epochs": 6}, {"seq_len": 100, "epochs": 4}),
+        "rows": _rows({"seq_len": 30, "epochs": 4}, {"seq_len": 50, "epochs": 2}),
         "seeds": 1,
-        "notes": ("quick (CPU): LSTM hidden 64, Adam 1e-3 constant, clip 1.0, batch 64; copy N=50 (70 steps) for "
-                  "1,500 steps, adding N=100 for 1,000 steps; 1 seed."),
+        "notes": ("quick (CPU): LSTM hidden 64, Adam 1e-3 constant, clip 1.0, batch 64; copy N=30 (50 steps) for "
+                  "1,000 steps, adding N=50 for 500 steps; 1 seed (about 15 min on 2 busy cores)."),
     },
     "full": {
         "base": dict(PAPER),

@@ -256,10 +256,10 @@ def results_table(sdir: str | os.PathLike) -> list[dict[str, Any]]:
             rec.update({"gate": cfg.gate, "bias": cfg.bias_mode, "profile": cfg.profile or "software",
                         "J_max": _j_max(cfg)})
         rec["metric"] = metric
-        for label, get in (
-            (f"final_test_{metric}", lambda s: s["final"].get(f"test_{metric}", math.nan)),
-            (f"best_val_{metric}", lambda s: s["best"].get(f"val_{metric}", math.nan)),
-            (f"test_{metric}_at_best_val", lambda s: s["best"].get(f"test_{metric}", math.nan)),
+        for label, get in (  # values of the row's metric (acc or mse)
+            ("final_test", lambda s: s["final"].get(f"test_{metric}", math.nan)),
+            ("best_val", lambda s: s["best"].get(f"val_{metric}", math.nan)),
+            ("test_at_best_val", lambda s: s["best"].get(f"test_{metric}", math.nan)),
             ("final_train_loss", lambda s: s["final"].get("train_loss", math.nan)),
             ("final_w_norm", lambda s: s["final"].get("w_hz_norm", s["final"].get("w_hf_norm", math.nan))),
             ("spikes", lambda s: s["spikes"]),
