@@ -50,6 +50,7 @@ tuned but gives no constant; soensim uses ``T_max = CHRONO_TMAX_PER_UNIT · H`` 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Mapping
 
@@ -228,6 +229,11 @@ class Mechanism:
                     f"master gates ({self.name!r}); got hidden_size={hidden_size}, master_chunk={chunk!r}"
                 )
             rows["master_forget"] = rows["master_input"] = hidden_size // chunk
+            if self.master == "cumax" and hidden_size // chunk == 1:
+                warnings.warn(
+                    f"gate {self.name!r} with hidden_size={hidden_size}, master_chunk={chunk} has one master unit: "
+                    "cumax over one unit is constantly 1 (master input gate 0), so the state never changes; "
+                    "use a smaller master_chunk", UserWarning, stacklevel=3)
         return rows
 
     # ---------------------------------------------------------------- activations

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .constraints import BoundedWeight, QuantizedWeight
+from .constraints import BoundedWeight, QuantizedWeight, excitatory_flux
 from .dynamics import SOURCE_FIT, SOENDendrite, source_threshold
 from .profiles import HardwareProfile
 from .simulate import simulate as _simulate
@@ -65,7 +65,9 @@ class SOENLayer(nn.Module):
             threshold ``φ_th(i_b)`` and 1/2 keeps the units active.
         gain: ``γ₊/γ₋`` (dimensionless), scalar or ``(N,)``.
         input_scale, recurrent_scale: initial ``W_in ~ U(±input_scale/√I)``,
-            ``J ~ U(±recurrent_scale/√N)`` (then bounded).
+            ``J ~ U(±recurrent_scale/√N)``, then bounded by ``coupling_max`` and each row scaled
+            down where needed so that the excitatory flux ``Σ_{J>0} J·s_max`` stays within 90 %
+            of the monotone window ``0.5 − φ_th`` (training may leave it; :func:`check` reports).
         tau0: natural time unit in seconds (default :func:`~soensim.timescales.soen_time_unit`).
         dtype, device: of the parameters.
 
@@ -109,6 +111,11 @@ class SOENLayer(nn.Module):
         if j_max is not None:
             lim = 0.999 * j_max
             w_in, J = w_in.clamp(-lim, lim), J.clamp(-lim, lim)
+        # start inside the monotone window: Σ_{J>0} J·s_max ≤ 0.9·(0.5 − φ_th) per unit (DESIGN §3.3)
+        i_b_t = torch.as_tensor(i_b, dtype=torch.float64).expand(N)
+        window = 0.9 * (0.5 - source_threshold(i_b_t))
+        flux = excitatory_flux(J, (i_b_t - SOURCE_FIT.C).clamp_min(0.0))
+        J = J * torch.where(flux > window, window / flux.clamp_min(1e-12), torch.ones_like(flux)).unsqueeze(1)
         self.cell = SOENDendrite(tau, N, beta_L=tau / (gain_t * tau0), i_b=i_b, J=J, phi_offset=phi_offset,
                                  J_in=w_in, tau0=tau0, dtype=dtype, device=device)
         roles = profile.trainable

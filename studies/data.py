@@ -297,6 +297,8 @@ def _read_tar_fast(path: Path, want: Callable[[str], bool]) -> TarContents:
             if "size" in pending:
                 size = int(pending.pop("size"))
             pending.clear()
+            if typ == b"\0" and text.endswith("/"):
+                typ = b"5"  # a V7 directory
             if typ not in (b"0", b"\0", b"7"):
                 size = 0  # links, devices, directories, fifos carry no data (as in tarfile)
             padded = (size + 511) & ~511

@@ -27,7 +27,6 @@ model in the direction of "worse".
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import io
@@ -35,18 +34,18 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from soensim import nonideal
-from soensim.transfer import max_abs_diff, to_continuous, transfer_model
+from soensim.transfer import max_abs_diff, to_continuous
 
 from . import grid
 from .models import build_model, hardware_dt
 from .train import (CHECKPOINT_FILE, CONFIG_FILE, OBJECTIVES, SUMMARY_FILE, ArraySplit, ConfigError, RunConfig,
-                    TaskData, load_checkpoint, write_json_atomic, write_text_atomic)
+                    TaskData, _threads, load_checkpoint, write_json_atomic, write_text_atomic)
 
 NAME = "transfer"
 DESCRIPTION = "trained GRUs in continuous time: robustness to τ spread, quantization, clipping and noise"
@@ -203,19 +202,6 @@ def evaluator(data: TaskData, eval_size: int | None = None, batch_size: int = 50
     evaluate.metric = obj.metric  # type: ignore[attr-defined]
     evaluate.higher_is_better = obj.higher_is_better  # type: ignore[attr-defined]
     return evaluate
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # =========================================================================== transfer

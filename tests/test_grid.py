@@ -74,7 +74,9 @@ def test_run_returns_existing_summary(tmp_path):
     assert run(cfg, tmp_path) == first
 
 
-def test_process_launcher(tmp_path):
+def test_process_launcher(tmp_path, monkeypatch):
+    # spawned workers need not wait for (or race to build) the C++ GRU kernel
+    monkeypatch.setenv("SOENSIM_GRU_BACKEND", "generic")
     configs, sdir = smoke(tmp_path, seeds=2, rows=["baseline"])
     out = grid.run_grid(configs, sdir, launcher="process", workers=2, study="scifar-bias")
     assert [s["status"] for s in out] == ["finished", "finished"]

@@ -221,6 +221,14 @@ def test_defaults_and_layouts(backend):
     assert gi_bf.grad.shape == gi_bf.shape and w.grad is not None
 
 
+@pytest.mark.parametrize("T, B", [(1, 3), (3, 1)])
+def test_single_step_and_single_row(T, B, backend):
+    inputs = make_inputs("refine", T=T, B=B, H=3, seed=7)
+    assert torch.autograd.gradcheck(
+        lambda *a: K.fused_gru_recurrence(*a, mode="refine", backend=backend), inputs
+    )
+
+
 def test_empty_sequence(backend):
     gi = torch.zeros(0, 2, 9)
     h0 = torch.randn(2, 3)

@@ -116,12 +116,12 @@ def test_fused_equals_reference(gate):
 @pytest.mark.parametrize("cls", [GatedGRU, GatedLSTM])
 def test_every_mechanism_runs_with_finite_gradients(gate, cls):
     torch.manual_seed(5)
-    m = cls(2, 16, num_layers=2, gate=gate, batch_first=True, dropout=0.1)
+    m = cls(2, 32, num_layers=2, gate=gate, batch_first=True, dropout=0.1)  # 2 master units at C = 16
     x = torch.randn(3, 6, 2, requires_grad=True)
     out, state = m(x)
-    assert out.shape == (3, 6, 16)
+    assert out.shape == (3, 6, 32)
     hn = state[0] if isinstance(state, tuple) else state
-    assert hn.shape == (2, 3, 16) and torch.isfinite(out).all()
+    assert hn.shape == (2, 3, 32) and torch.isfinite(out).all()
     (out.square().mean() + hn.sum()).backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -151,6 +151,8 @@ def test_parameter_counts():
     with pytest.raises(ValueError, match="master_chunk"):
         GatedGRU(I, 30, gate="OM")
     GatedGRU(I, 30, gate="OM", master_chunk=10)
+    with pytest.warns(UserWarning, match="one master unit"):
+        GatedGRU(I, 16, gate="OM")  # cumax over one unit is constant: the layer cannot learn
     GatedGRU(I, 30, gate="U")  # non-master gates do not care about C
 
 

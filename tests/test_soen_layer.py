@@ -74,6 +74,7 @@ def test_couplings_bounded_and_roles_follow_the_profile():
     fixed = layer64(profile=HardwareProfile.preset("soen-dendrite").replace(trainable=frozenset({"flux_offset"})))
     assert {n for n, p in fixed.named_parameters() if p.requires_grad} == {"cell.phi_offset"}
     fresh = layer64()
+    assert not check(fresh, fresh.profile)  # starts inside every rule, the excitatory flux window included
     assert fresh.s_max.shape == (12,) and float(fresh.s_max[0]) == pytest.approx(1.8 - 1.06435066)
     assert 0.1 < float(fresh.phi_th[0]) < 0.25
 

@@ -1,5 +1,4 @@
 """Transfer of trained GRU-core layers to continuous time (soensim.transfer) and the transfer study."""
-import copy
 import math
 
 import pytest
