@@ -32,8 +32,10 @@ chooses another.
 Images: grayscale (ITU-R 601 luma) unless ``channels=3``, downsampled by block averaging to
 ``image_size``, scanned row by row (left to right, top to bottom), scaled to [0, 1] and
 standardized with the training split's mean and standard deviation. The validation split is
-a stratified ``val_size`` draw from the training set with a fixed seed (0), the same for every
-run; ``train_subset``/``test_subset`` are stratified subsets with the same fixed seed.
+a stratified draw of ``val_size`` images (as a per-class fraction) from the training set with a
+fixed seed (0), the same for every run; ``train_subset``/``test_subset`` keep ``n // 10``
+images per class, with the same fixed seed (:func:`studies.data.stratified_split` /
+``stratified_subset``).
 """
 from __future__ import annotations
 

@@ -94,8 +94,7 @@ def runs(preset: str, seeds: int | None = None, overrides: Sequence[str] = (),
 
 def build(cfg: RunConfig) -> tuple[nn.Module, TaskData]:
     data, readout = synthetic_task(cfg)
-    cfg_model = cfg if cfg.chrono_tmax is not None else cfg.replace(chrono_tmax=float(data.seq_len))
-    return build_model(cfg_model, data.input_size, data.num_outputs, data.seq_len, readout=readout), data
+    return build_model(cfg, data.input_size, data.num_outputs, data.seq_len, readout=readout), data
 
 
 def synthetic_task(cfg: RunConfig) -> tuple[TaskData, int]:

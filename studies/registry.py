@@ -29,6 +29,7 @@ STUDIES: dict[str, str] = {
     "scifar-bias": "studies.bias_ablation",
     "gate-ablation": "studies.gate_ablation",
     "sst-lowdata": "studies.sst_lowdata",
+    "transfer": "studies.transfer_study",
 }
 
 
