@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,17 +117,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def row_names(preset: str) -> list[str]:
-    return list(PRESETS[preset]["rows"])
-
-
-def notes(preset: str) -> str:
-    return PRESETS[preset].get("notes", "")
-
-
-def runs(preset: str, seeds: int | None = None, overrides: Sequence[str] = (),
-         rows: Sequence[str] | None = None) -> list[RunConfig]:
-    return grid.preset_grid(NAME, PRESETS, preset, seeds, overrides, rows)
+row_names, notes, runs = grid.preset_functions(NAME, PRESETS)
 
 
 def build(cfg: RunConfig) -> tuple[nn.Module, TaskData]:

@@ -80,6 +80,24 @@ def preset_grid(study: str, presets: Mapping[str, Mapping[str, Any]], preset: st
     return make_grid(study, p["base"], p["rows"], list(rows) if rows else list(p["rows"]), range(n), overrides)
 
 
+def preset_functions(study: str, presets: Mapping[str, Mapping[str, Any]]) -> tuple[
+        Callable[[str], list[str]], Callable[[str], str], Callable[..., list[RunConfig]]]:
+    """``row_names(preset)``, ``notes(preset)`` and ``runs(preset, seeds=None, overrides=(), rows=None)``
+    of a study defined by its presets (see :mod:`studies.registry`)."""
+
+    def row_names(preset: str) -> list[str]:
+        return list(presets[preset]["rows"])
+
+    def notes(preset: str) -> str:
+        return presets[preset].get("notes", "")
+
+    def runs(preset: str, seeds: int | None = None, overrides: Mapping[str, str] | Sequence[str] = (),
+             rows: Sequence[str] | None = None) -> list[RunConfig]:
+        return preset_grid(study, presets, preset, seeds, overrides, rows)
+
+    return row_names, notes, runs
+
+
 def check_unique(configs: Sequence[RunConfig]) -> None:
     seen: dict[str, RunConfig] = {}
     for cfg in configs:
@@ -312,5 +330,5 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
     return md_path, csv_path
 
 
-__all__ = ["LAUNCHERS", "check_unique", "make_grid", "preset_grid", "get_launcher", "is_finished", "collect", "load_summaries", "read_study_file", "results_table", "write_results",
+__all__ = ["LAUNCHERS", "check_unique", "make_grid", "preset_functions", "preset_grid", "get_launcher", "is_finished", "collect", "load_summaries", "read_study_file", "results_table", "write_results",
            "run_dir", "run_grid", "study_dir", "write_study_file"]

@@ -10,7 +10,8 @@ A study module provides
     def notes(preset) -> str       what the preset's numbers are (goes into results.md)
     def runs(preset, seeds=None, overrides=(), rows=None) -> list[RunConfig]
         the grid: one RunConfig per (row, seed) with unique ``run_id``s
-        (usually :func:`studies.grid.preset_grid`)
+    (:func:`studies.grid.preset_functions` makes ``row_names``, ``notes`` and ``runs``
+    from ``NAME`` and ``PRESETS``)
     def build(cfg) -> (nn.Module, TaskData)
         the model and data of one run (used for fresh runs and ``resume RUN_DIR``)
     def report(study_dir) -> dict[str, Path | None]

@@ -70,17 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def row_names(preset: str) -> list[str]:
-    return list(PRESETS[preset]["rows"])
-
-
-def notes(preset: str) -> str:
-    return PRESETS[preset].get("notes", "")
-
-
-def runs(preset: str, seeds: int | None = None, overrides: Sequence[str] = (),
-         rows: Sequence[str] | None = None) -> list[RunConfig]:
-    return grid.preset_grid(NAME, PRESETS, preset, seeds, overrides, rows)
+row_names, notes, runs = grid.preset_functions(NAME, PRESETS)
 
 
 def build(cfg: RunConfig) -> tuple[nn.Module, TaskData]:

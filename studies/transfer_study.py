@@ -92,17 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # =========================================================================== study API
-def row_names(preset: str) -> list[str]:
-    return list(PRESETS[preset]["rows"])
-
-
-def notes(preset: str) -> str:
-    return PRESETS[preset].get("notes", "")
-
-
-def runs(preset: str, seeds: int | None = None, overrides: Sequence[str] = (),
-         rows: Sequence[str] | None = None) -> list[RunConfig]:
-    return grid.preset_grid(NAME, PRESETS, preset, seeds, overrides, rows)
+row_names, notes, runs = grid.preset_functions(NAME, PRESETS)
 
 
 def build(cfg: RunConfig) -> tuple[nn.Module, TaskData]:
@@ -480,6 +470,9 @@ def robustness_plot(summary: Sequence[Mapping[str, Any]], kind: str, metric: str
     if not numeric:
         ax.set_xticks(list(xs.values()))
         ax.set_xticklabels([_value_label(kind, v) for v in values])
+    means = [r[f"{metric}_mean"] for r in recs]
+    if all(m > 0 for m in means) and max(means) > 20 * min(means):
+        ax.set_yscale("log")  # errors spanning orders of magnitude (e.g. MSE)
     entry = nonideal.get_nonideality(kind)
     ax.set_xlabel(entry.label)
     ax.set_ylabel(f"test {metric}")

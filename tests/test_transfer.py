@@ -195,7 +195,7 @@ def test_constrained_layer_is_read_through_its_transforms():
 @pytest.mark.parametrize("gate", ["O", "OM", "UM", "OR"])
 def test_cumax_and_master_gates_are_refused(gate):
     with pytest.raises(ValueError, match="leaky"):
-        to_continuous(GatedGRU(2, 16, gate=gate))
+        to_continuous(GatedGRU(2, 16, gate=gate, master_chunk=4))
 
 
 @pytest.mark.parametrize("layer", [nn.LSTM(2, 4), nn.RNN(2, 4), nn.GRU(2, 4, num_layers=2),
