@@ -95,14 +95,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "notes": "smoke: synthetic 4×4 images (16 steps), H=16, 3 epochs, lr 3e-2 — plumbing only.",
     },
     "quick": {
-        "base": {**PAPER, "image_size": 16, "hidden": 64, "epochs": 3, "lr": 5e-3, "schedule": "cosine",
+        "base": {**PAPER, "image_size": 16, "hidden": 64, "epochs": 5, "lr": 5e-3, "schedule": "cosine",
                  "val_size": 1000, "train_subset": 6000, "test_subset": 2000, "gate_stats_size": 128,
                  "log_every": 5, "threads": 1},
         "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS},
         "seeds": 1,
         "notes": ("quick: CIFAR-10 grayscale downsampled to 16×16 (256 steps), 6,000 training images "
                   "(stratified), 1,000 validation, 2,000 test, GRU H=64 + linear head, AdamW lr 5e-3 cosine "
-                  "(per step) to 1e-5 over 3 epochs, batch 50, clip 1.0, 1 seed. Hardware: soen-dendrite, "
+                  "(per step) to 1e-5 over 5 epochs, batch 50, clip 1.0, 1 seed. Hardware: soen-dendrite, "
                   "Δt = 0.4 ns per pixel (one image = 1024 × 0.1 ns)."),
     },
     "full": {

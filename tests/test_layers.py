@@ -212,12 +212,12 @@ def test_orthogonal_hh_and_seed():
 
 def test_dispatch():
     for gate in ALL:
-        m = GatedGRU(2, 16, gate=gate)
+        m = GatedGRU(2, 32, gate=gate)
         want = "fused" if (HAS_FUSED and GATES[gate].fused_mode) else ("torch" if gate == "-" else "reference")
         if gate == "-" and HAS_FUSED and L.backend_for("cpu", torch.float32) != "cpp":
             want = "torch"
         assert m.resolved_implementation() == want, gate
-        lstm = GatedLSTM(2, 16, gate=gate)
+        lstm = GatedLSTM(2, 32, gate=gate)
         assert lstm.resolved_implementation() == ("torch" if gate == "-" else "reference")
     with pytest.raises(ValueError, match="implementation='torch' supports gate '-' only"):
         GatedGRU(1, 4, gate="U", implementation="torch")
