@@ -293,11 +293,14 @@ def results_table(sdir: str | os.PathLike) -> list[dict[str, Any]]:
     return table
 
 
-def _fmt(v: Any, std: Any = None) -> str:
+def format_value(v: Any, std: Any = None, digits: int = 4) -> str:
+    """A table cell: floats to ``digits`` significant digits (± std when given), NaN as –."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         if math.isnan(v):
             return "–"
-        text = f"{v:.4g}"
+        text = f"{v:.{digits}g}"
         if isinstance(std, float) and std > 0:
             text += f" ± {std:.2g}"
         return text
@@ -323,7 +326,7 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
         lines += [str(info["notes"]), ""]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for rec in table:
-        lines.append("| " + " | ".join(_fmt(rec.get(c), rec.get(c + "_std")) for c in cols) + " |")
+        lines.append("| " + " | ".join(format_value(rec.get(c), rec.get(c + "_std")) for c in cols) + " |")
     lines.append("")
     md_path = sdir / "results.md"
     write_text_atomic(md_path, "\n".join(lines))

@@ -67,7 +67,8 @@ def _smooth(ys: list[float], k: int) -> list[float]:
     return out
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save ``fig`` as PNG atomically (temp file, then rename) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
@@ -109,7 +110,7 @@ def curves(sdir: str | os.PathLike, y: str, fname: str, *, ylabel: str | None = 
     ax.set_title(title or y)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, sdir / PLOTS_DIR / fname)
+    return save_figure(fig, sdir / PLOTS_DIR / fname)
 
 
 def gate_histograms(sdir: str | os.PathLike, fname: str = "gate_histograms.png", key: str | None = None,
@@ -144,7 +145,7 @@ def gate_histograms(sdir: str | os.PathLike, fname: str = "gate_histograms.png",
         ax.axis("off")
     fig.suptitle("per-unit gate activation (mean over batch and time)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, sdir / PLOTS_DIR / fname)
+    return save_figure(fig, sdir / PLOTS_DIR / fname)
 
 
 def bars(sdir: str | os.PathLike, key: str, fname: str, ylabel: str | None = None,
@@ -165,7 +166,7 @@ def bars(sdir: str | os.PathLike, key: str, fname: str, ylabel: str | None = Non
     ax.set_ylabel(ylabel or key)
     ax.set_title(title or key)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, sdir / PLOTS_DIR / fname)
+    return save_figure(fig, sdir / PLOTS_DIR / fname)
 
 
 def xy_lines(points: dict[str, list[tuple[float, float, float]]], path: str | os.PathLike, *, xlabel: str,
@@ -185,7 +186,7 @@ def xy_lines(points: dict[str, list[tuple[float, float, float]]], path: str | os
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 __all__ = ["PLOTS_DIR", "bars", "curves", "gate_histograms", "xy_lines"]

@@ -42,7 +42,7 @@ from torch import nn
 from soensim import nonideal
 from soensim.transfer import max_abs_diff, to_continuous
 
-from . import grid
+from . import grid, plots
 from .models import build_model, hardware_dt
 from .train import (CHECKPOINT_FILE, CONFIG_FILE, OBJECTIVES, SUMMARY_FILE, ArraySplit, ConfigError, RunConfig,
                     TaskData, _threads, load_checkpoint, write_json_atomic, write_text_atomic)
@@ -340,19 +340,6 @@ def _compare(summary: Sequence[Mapping[str, Any]], metric: str | None, higher: b
 
 
 # =========================================================================== outputs
-def _fmt(v: Any, std: Any = None, digits: int = 4) -> str:
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        s = f"{v:.{digits}g}"
-        if isinstance(std, float) and std > 0:
-            s += f" ± {std:.2g}"
-        return s
-    return "" if v is None else str(v)
-
-
 def _pct(v: Any) -> str:
     return "–" if not isinstance(v, float) or math.isnan(v) else f"{100 * v:+.0f}%"
 
@@ -413,7 +400,7 @@ def write_outputs(out: Path, rows, summary, comparison, checks, metric, higher, 
         for row in dict.fromkeys(r["row"] for r in recs):
             by_v = {r["value"]: r for r in recs if r["row"] == row}
             trained = next(iter(by_v.values()))["trained"]
-            cells = [_fmt(by_v[v][f"{metric}_mean"], by_v[v][f"{metric}_std"]) if v in by_v else "" for v in values]
+            cells = [grid.format_value(by_v[v][f"{metric}_mean"], by_v[v][f"{metric}_std"]) if v in by_v else "" for v in values]
             lines.append(f"| {row} | {trained} | " + " | ".join(cells) + " |")
         lines.append("")
     comp = [c for c in comparison if "software_drop" in c and "hardware_drop" in c]
@@ -429,11 +416,11 @@ def write_outputs(out: Path, rows, summary, comparison, checks, metric, higher, 
         for c in comp:
             if c["value"] in ("ideal", 0, 0.0):
                 continue
-            lines.append(f"| {c['kind']} | {_value_label(c['kind'], c['value'])} | {_fmt(c[f'software_{metric}'])} | "
-                         f"{_fmt(c['software_drop'], digits=3)} ({_pct(c['software_rel_drop'])}) | "
-                         f"{_fmt(c[f'hardware_{metric}'])} | {_fmt(c['hardware_drop'], digits=3)} "
-                         f"({_pct(c['hardware_rel_drop'])}) | {_fmt(c['hardware_loses_less'])} | "
-                         f"{_fmt(c['hardware_loses_less_rel'])} |")
+            lines.append(f"| {c['kind']} | {_value_label(c['kind'], c['value'])} | {grid.format_value(c[f'software_{metric}'])} | "
+                         f"{grid.format_value(c['software_drop'], digits=3)} ({_pct(c['software_rel_drop'])}) | "
+                         f"{grid.format_value(c[f'hardware_{metric}'])} | {grid.format_value(c['hardware_drop'], digits=3)} "
+                         f"({_pct(c['hardware_rel_drop'])}) | {grid.format_value(c['hardware_loses_less'])} | "
+                         f"{grid.format_value(c['hardware_loses_less_rel'])} |")
         n_abs = sum(bool(c["hardware_loses_less"]) for c in comp if c["value"] not in ("ideal", 0, 0.0))
         n_rel = sum(bool(c["hardware_loses_less_rel"]) for c in comp if c["value"] not in ("ideal", 0, 0.0))
         n = sum(1 for c in comp if c["value"] not in ("ideal", 0, 0.0))
@@ -479,13 +466,7 @@ def robustness_plot(summary: Sequence[Mapping[str, Any]], kind: str, metric: str
     ax.set_title(f"robustness: {entry.description}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return plots.save_figure(fig, Path(path))
 
 
 # =========================================================================== adding experiment
