@@ -4,6 +4,7 @@
     soensim-study run STUDY [--preset quick] [--out runs] [--data-dir DIR] [--seeds N]
                       [--rows a,b] [--launcher local|process|ray] [--workers N] [--set key=value ...]
     soensim-study resume RUN_DIR
+    soensim-study transfer RUN_DIR [RUN_DIR ...] [--out DIR] [--seeds N] [--eval-size N]
     soensim-study plot STUDY_DIR
     soensim-study summarize STUDY_DIR
 
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("resume", help="continue one run from its checkpoint")
     s.add_argument("run_dir")
+
+    tr = sub.add_parser("transfer", help="move finished runs into continuous time and sweep non-idealities")
+    tr.add_argument("run_dirs", nargs="+", help="run directories (each with config.json and checkpoint.pt)")
+    tr.add_argument("--out", default=None, help="output folder (default: the first run's parent)")
+    tr.add_argument("--seeds", type=int, default=3, help="noise seeds per setting (default: 3)")
+    tr.add_argument("--eval-size", type=int, default=1000, help="test examples per evaluation (default: 1000)")
 
     pl = sub.add_parser("plot", help="(re)draw a study's figures")
     pl.add_argument("study_dir")
@@ -119,6 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = resume(args.run_dir)
             print(f"{summary['run_id']}: {summary['status']} after {summary['epochs']} epochs")
             return 0 if summary["status"] != "error" else 1
+        if args.command == "transfer":
+            from .transfer_study import transfer
+
+            result = transfer(args.run_dirs, args.out, seeds=args.seeds, eval_size=args.eval_size)
+            files = result["files"]
+            for name, path in (files.items() if isinstance(files, dict) else enumerate(files)):
+                print(f"{name}: {path}")
+            return 0
         if args.command in ("plot", "summarize"):
             sdir = Path(args.study_dir)
             if args.command == "summarize":
