@@ -51,6 +51,13 @@ def test_run_smoke_writes_tables_and_plots(tmp_path, capsys):
     assert main(["plot", str(sdir)]) == 0
     assert (sdir / "plots" / "test_accuracy.png").exists()
 
+    # the finished software and hardware runs go back into continuous time
+    runs = [str(sdir / "runs" / f"{r}-s0") for r in ("baseline", "baseline-hw")]
+    assert main(["transfer", *runs, "--out", str(tmp_path / "tr"), "--seeds", "1", "--eval-size", "16"]) == 0
+    table = (tmp_path / "tr" / "transfer.md").read_text()
+    assert "| baseline-hw |" in table and "hardware" in table
+    assert (tmp_path / "tr" / "plots" / "robustness_tau_spread.png").stat().st_size > 1000
+
 
 def test_override_validation(tmp_path, capsys):
     rc = main(["run", "scifar-bias", "--preset", "smoke", "--out", str(tmp_path), "--set", "hiden=4"])
