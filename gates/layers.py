@@ -42,25 +42,13 @@ from torch import Tensor, nn
 from . import functional as F
 from .mechanisms import DEFAULT_MASTER_CHUNK, Core, Mechanism, get_mechanism
 
-try:  # the fast fused recurrence (gates/kernels); without it every variant runs the reference path
-    from .kernels import available_modes, fused_gru_recurrence
-except ImportError:  # pragma: no cover - depends on the kernels package being present
-    fused_gru_recurrence = None
-
-    def available_modes() -> tuple[str, ...]:
-        return ()
-
-try:  # optional: the kernel's pooled input projection and backend query
-    from .kernels import backend_for, input_projection
-except ImportError:  # pragma: no cover
-    backend_for = None
-    input_projection = None
+from .kernels import available_modes, backend_for, fused_gru_recurrence, input_projection
 
 IMPLEMENTATIONS = ("auto", "torch", "fused", "reference")
 
 
 def _has_fused(mode: str | None) -> bool:
-    return fused_gru_recurrence is not None and mode is not None and mode in available_modes()
+    return mode is not None and mode in available_modes()
 
 
 class _GatedRNN(nn.Module):
@@ -167,9 +155,6 @@ class _GatedRNN(nn.Module):
             if self.core != "gru" or self.mechanism.fused_mode is None:
                 raise ValueError("implementation='fused' needs a GRU core with gate in -, C, U, R, UR, SST; "
                                  f"got {self.core} {self.gate!r}")
-            if not _has_fused(self.mechanism.fused_mode):
-                raise ValueError(f"implementation='fused': gates.kernels has no mode {self.mechanism.fused_mode!r} "
-                                 "(kernels not importable?)")
 
     def _param(self) -> Tensor:
         return next(self.parameters())  # the raw parameter: device/dtype without running a transform
@@ -183,8 +168,7 @@ class _GatedRNN(nn.Module):
         mode = self.mechanism.fused_mode if self.core == "gru" else None
         if self.gate == "-":
             p = self._param()
-            if (self.core == "gru" and p.device.type == "cpu" and _has_fused(mode) and backend_for is not None
-                    and backend_for(p.device, p.dtype) == "cpp"):
+            if self.core == "gru" and p.device.type == "cpu" and _has_fused(mode) and backend_for(p.device, p.dtype) == "cpp":
                 return "fused"  # compiled CPU loop: faster than torch.nn.GRU (DESIGN §6)
             return "torch"
         return "fused" if _has_fused(mode) else "reference"
@@ -284,10 +268,7 @@ class GatedGRU(_GatedRNN):
             for k in range(self.num_layers):
                 w_ih, w_hh, b_ih, b_hh = self.layer_params(k)
                 if path == "fused":
-                    if input_projection is not None:
-                        gi = input_projection(layer_in, w_ih, b_ih)
-                    else:
-                        gi = torch.nn.functional.linear(layer_in, w_ih, b_ih)
+                    gi = input_projection(layer_in, w_ih, b_ih)
                     out, h = fused_gru_recurrence(gi, h0[k], w_hh, b_hh, self.mechanism.fused_mode)
                 else:
                     out, h = F.gru_sequence(self.mechanism, layer_in, h0[k], w_ih, w_hh, b_ih, b_hh, self._rows,
