@@ -194,8 +194,7 @@ def image_task(cfg: RunConfig) -> TaskData:
         return torch.cat(parts) if parts else torch.zeros(0, cfg.image_size ** 2, cfg.channels)
 
     x_train, x_val, x_test = seq(tr_x, train_idx), seq(tr_x, val_idx), seq(te_x, test_idx)
-    mean = x_train.mean(dim=(0, 1), keepdim=True)
-    std = x_train.std(dim=(0, 1), keepdim=True).clamp_min(1e-6)
+    mean, std = (torch.from_numpy(v) for v in data.sequence_stats(x_train))
     norm = lambda x: ((x - mean) / std).contiguous()  # noqa: E731
     label = lambda y, idx: torch.from_numpy(np.asarray(y)[idx]).long()  # noqa: E731
     train = ArraySplit(norm(x_train), label(tr_y, train_idx))
