@@ -41,7 +41,7 @@ StepCallback = Callable[[dict[str, Tensor]], None]
 
 def split_blocks(t: Tensor, rows: dict[str, int]) -> dict[str, Tensor]:
     """Split the last dim of ``t`` into named blocks of the given sizes (in order)."""
-    return dict(zip(rows, torch.split(t, list(rows.values()), dim=-1)))
+    return dict(zip(rows, torch.split(t, list(rows.values()), dim=-1), strict=True))
 
 
 def _expand(master: Tensor, hidden: int) -> Tensor:

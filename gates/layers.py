@@ -1,61 +1,81 @@
 """Drop-in recurrent layers with any gating mechanism: ``GatedGRU`` and ``GatedLSTM``.
 
 They follow ``torch.nn.GRU``/``torch.nn.LSTM``: the same leading constructor arguments
-(``input_size, hidden_size, num_layers, bias, batch_first, dropout``), parameter names
-(``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``), input layouts
-(time-major, ``batch_first``, unbatched 2-D), initial states and return values. Rows of
-the stacked gate dimension are grouped in named blocks (:meth:`gate_blocks`): torch's
-order first, then the mechanism's extras (see :mod:`gates.mechanisms`).
+(``input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional``, LSTM
+``proj_size``), parameter names (``weight_ih_l{k}[_reverse]``, ``weight_hh_…``, ``bias_ih_…``,
+``bias_hh_…``, ``weight_hr_…``), input layouts (time-major, ``batch_first``, unbatched 2-D),
+initial states and return values. Rows of the stacked gate dimension are grouped in named
+blocks, declared by :meth:`layout` (the :func:`soensim.layout` contract): torch's order
+first, then the mechanism's extras (see :mod:`gates.mechanisms`).
 
 Initialisation: every parameter uniform in ±1/√H (as torch), then the mechanism's bias
 initialisation written into ``bias_ih`` with the matching ``bias_hh`` rows zero (the gate
-sees the sum of both). Options: ``orthogonal_hh`` (orthogonal W_hh per block, papers/001),
-``chrono_tmax``, ``master_chunk`` (C), ``seed``.
+sees the sum of both). Options: ``orthogonal_hh`` (orthogonal W_hh per block, as in
+Malandain 2026, "Ablation of Gate Biases in GRUs for s-CIFAR-10"), ``chrono_tmax``,
+``master_chunk`` (C), ``seed``.
 
 Paths (``implementation``):
 
-* ``"torch"`` — torch's own GRU/LSTM kernel (``torch._VF.gru``/``lstm``: oneDNN on CPU,
-  cuDNN on CUDA); standard gate ``-`` only;
-* ``"fused"`` — :func:`gates.kernels.fused_gru_recurrence` (GRU core; modes sigmoid, refine,
-  sst: gates -, C, U, R, UR, SST);
+* ``"torch"`` — torch's own GRU/LSTM kernel (``torch.gru``/``torch.lstm``: oneDNN on CPU,
+  cuDNN on CUDA); standard gate ``-`` only, and the only path for ``bidirectional=True``
+  and ``proj_size > 0``;
+* ``"fused"`` — the fused recurrence of the core (:data:`FUSED_RECURRENCES`, from
+  :mod:`gates.kernels`) in the mechanism's kernel mode, where the kernels have that mode;
 * ``"reference"`` — :mod:`gates.functional`, plain autograd, every mechanism;
-* ``"auto"`` (default) — GRU ``-``: cuDNN on CUDA; on the CPU the compiled fused loop when
-  the kernel's C++ backend is available (it beats nn.GRU there, DESIGN §6), else torch's
-  kernel. LSTM ``-``: torch. Other mechanisms: fused if the GRU kernel has their mode,
-  else reference.
+* ``"auto"`` (default) — gate ``-``: on the CPU the fused loop when the kernels' compiled
+  backend is available (it beats nn.GRU there, see ``docs/benchmarks.md``), else torch's
+  kernel (cuDNN on CUDA). Other mechanisms: fused when the kernels have their mode, else
+  reference.
 
 While a :class:`gates.stats.GateRecorder` is active on a layer, it takes the reference path
 and reports every step's gates; otherwise the forward path has no hooks.
 
 Parameters are fetched by attribute access on every forward, so
-``torch.nn.utils.parametrize`` transforms (:func:`soensim.constraints.constrain`) are
-honoured on every path.
+``torch.nn.utils.parametrize`` transforms (:func:`soensim.constrain`,
+:func:`soensim.constraints.freeze_biases`) are honoured on every path.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
-from .mechanisms import DEFAULT_MASTER_CHUNK, Core, Mechanism, get_mechanism
+from soensim.layouts import Cell, Layout, gate_layout, rnn_cells
 
+from . import functional as F
 from .kernels import available_modes, backend_for, fused_gru_recurrence, input_projection
+from .mechanisms import DEFAULT_MASTER_CHUNK, Core, Mechanism, get_mechanism
 
 IMPLEMENTATIONS = ("auto", "torch", "fused", "reference")
 
+#: A layer's recurrent state: GRU ``(h,)``, LSTM ``(h, c)``; each (B, H) per cell or (L·D, B, H) stacked.
+State = tuple[Tensor, ...]
 
-def _has_fused(mode: str | None) -> bool:
-    return mode is not None and mode in available_modes()
+
+def _fused_gru(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, mode: str) -> tuple[Tensor, State]:
+    out, h = fused_gru_recurrence(gi, state[0], w_hh, b_hh, mode)
+    return out, (h,)
+
+
+#: Fused recurrence of each core: ``(gi (T, B, G), state, w_hh, b_hh, mode) -> (out (T, B, H), state)``,
+#: with ``gi = x W_ih^T + b_ih`` from :func:`gates.kernels.input_projection`.
+FUSED_RECURRENCES: dict[str, Callable[[Tensor, State, Tensor, Tensor | None, str], tuple[Tensor, State]]] = {
+    "gru": _fused_gru,
+}
+
+
+def fused_available(core: str, mode: str) -> bool:
+    """True when :mod:`gates.kernels` runs kernel ``mode`` on ``core`` fused."""
+    return core in FUSED_RECURRENCES and mode in available_modes()
 
 
 class _GatedRNN(nn.Module):
     core: Core
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *,
                  gate: str = "-", chrono_tmax: float | None = None, master_chunk: int = DEFAULT_MASTER_CHUNK,
                  orthogonal_hh: bool = False, implementation: str = "auto", seed: int | None = None,
                  device: Any = None, dtype: torch.dtype | None = None) -> None:
@@ -65,49 +85,58 @@ class _GatedRNN(nn.Module):
                 raise ValueError(f"{label} must be an int ≥ 1; got {v!r}")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
-        if bidirectional:
-            raise ValueError(f"{type(self).__name__} is unidirectional (bidirectional=True is not supported)")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
+            raise ValueError(f"proj_size must be an int in [0, hidden_size={hidden_size}); got {proj_size!r}")
+        if proj_size and self.core != "lstm":
+            raise ValueError("proj_size is an LSTM option (torch.nn.LSTM); a GRU has no projection")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional = False
+        self.bidirectional, self.proj_size = bool(bidirectional), proj_size
         self.gate = gate
         self.mechanism: Mechanism = get_mechanism(gate, self.core)
-        self.decay_gate = self.mechanism.decay_block
         self.master_chunk = master_chunk
         self._rows = self.mechanism.block_rows(hidden_size, master_chunk)
         self.chrono_tmax, self.orthogonal_hh, self.seed = chrono_tmax, orthogonal_hh, seed
         self.implementation = implementation
         self._check_implementation(implementation)
         self._gate_recorder: Any = None  # set only while a gates.stats.GateRecorder is active
+        directions = 2 if self.bidirectional else 1
+        self._cells: tuple[Cell, ...] = rnn_cells(self, num_layers, directions, bias, proj_size > 0)
         rows = sum(self._rows.values())
+        out = proj_size or hidden_size
         factory = {"device": device, "dtype": dtype}
-        for k in range(num_layers):
-            in_k = input_size if k == 0 else hidden_size
-            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(rows, in_k, **factory)))
-            self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(rows, hidden_size, **factory)))
-            if bias:
-                self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(rows, **factory)))
-                self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(rows, **factory)))
+        for c in self._cells:  # torch's parameter order: w_ih, w_hh, b_ih, b_hh, w_hr per cell
+            in_k = input_size if c.layer == 0 else out * directions
+            shapes = [(c.weight_ih, (rows, in_k)), (c.weight_hh, (rows, out)), (c.bias_ih, (rows,)),
+                      (c.bias_hh, (rows,)), (c.weight_hr, (proj_size, hidden_size))]
+            for name, shape in shapes:
+                if name is not None:
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
 
     # ------------------------------------------------------------------ layout
-    def gate_blocks(self) -> dict[str, slice]:
-        """Rows of each named block in the stacked gate dimension (same for every layer)."""
-        out, start = {}, 0
-        for name, n in self._rows.items():
-            out[name] = slice(start, start + n)
-            start += n
-        return out
+    def layout(self) -> Layout:
+        """The :class:`soensim.layouts.Layout` of this layer: blocks, cells, roles, mechanism."""
+        m = self.mechanism
+        return gate_layout(self.core, self.hidden_size, self._rows, self._cells, mechanism=self.gate,
+                           leaky=m.leaky, mode=m.fused_mode, decay=m if m.leaky else None,
+                           refine_block=m.refine_block)
 
-    def layer_params(self, k: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """(w_ih, w_hh, b_ih, b_hh) of layer ``k``, fetched now (honours parametrizations)."""
-        if self.bias:
-            b_ih, b_hh = getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}")
-        else:
-            b_ih = b_hh = None
-        return getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"), b_ih, b_hh
+    # Kept only while soensim.transfer reads layers by these names instead of soensim.layout: delete both then.
+    def gate_blocks(self) -> dict[str, slice]:
+        """``layout().blocks`` as a dict."""
+        return dict(self.layout().blocks)
+
+    @property
+    def decay_gate(self) -> str:
+        """``layout().decay_block``."""
+        return self.mechanism.decay_block
+
+    def _cell_params(self, c: Cell) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """(w_ih, w_hh, b_ih, b_hh) of cell ``c``, fetched now (honours parametrizations)."""
+        b_ih = getattr(self, c.bias_ih) if c.bias_ih else None
+        b_hh = getattr(self, c.bias_hh) if c.bias_hh else None
+        return getattr(self, c.weight_ih), getattr(self, c.weight_hh), b_ih, b_hh
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against torch.nn.RNNBase (weights are read on every forward)."""
@@ -124,24 +153,23 @@ class _GatedRNN(nn.Module):
         seed = self.seed if seed is None else seed
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         bound = 1.0 / math.sqrt(self.hidden_size)
-        blocks = self.gate_blocks()
+        blocks = self.layout().blocks
         with torch.no_grad():
-            for k in range(self.num_layers):
-                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    p = getattr(self, f"{name}_l{k}", None)
-                    if p is not None:
+            for c in self._cells:
+                for name in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh, c.weight_hr):
+                    if name is not None:
+                        p = getattr(self, name)
                         p.copy_(torch.rand(p.shape, generator=gen, dtype=torch.float64) * (2 * bound) - bound)
                 if ortho:
-                    w = getattr(self, f"weight_hh_l{k}")
+                    w = getattr(self, c.weight_hh)
                     for sl in blocks.values():
-                        q = torch.empty(sl.stop - sl.start, self.hidden_size, dtype=torch.float64)
+                        q = torch.empty(sl.stop - sl.start, w.shape[1], dtype=torch.float64)
                         nn.init.orthogonal_(q, generator=gen)
                         w[sl] = q.to(w)
                 if self.bias:
-                    b_ih, b_hh = getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}")
+                    b_ih, b_hh = getattr(self, c.bias_ih), getattr(self, c.bias_hh)
                     views = {n: torch.zeros(sl.stop - sl.start, dtype=torch.float64) for n, sl in blocks.items()}
-                    written = self.mechanism.init_biases(views, gen, tmax)
-                    for n in written:
+                    for n in self.mechanism.init_biases(views, gen, tmax):
                         b_ih[blocks[n]] = views[n].to(b_ih)
                         b_hh[blocks[n]] = 0.0
 
@@ -149,12 +177,16 @@ class _GatedRNN(nn.Module):
     def _check_implementation(self, impl: str) -> None:
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {impl!r}")
+        if (self.bidirectional or self.proj_size) and (self.gate != "-" or impl not in ("auto", "torch")):
+            raise ValueError("bidirectional=True and proj_size > 0 run on implementation='torch' (gate '-') only; "
+                             f"got gate={self.gate!r}, implementation={impl!r}")
         if impl == "torch" and self.gate != "-":
             raise ValueError(f"implementation='torch' supports gate '-' only; got gate={self.gate!r}")
-        if impl == "fused":
-            if self.core != "gru" or self.mechanism.fused_mode is None:
-                raise ValueError("implementation='fused' needs a GRU core with gate in -, C, U, R, UR, SST; "
-                                 f"got {self.core} {self.gate!r}")
+        mode = self.mechanism.fused_mode
+        if impl == "fused" and not fused_available(self.core, mode):
+            cores = "/".join(c.upper() for c in FUSED_RECURRENCES)
+            raise ValueError(f"implementation='fused' needs a {cores} core with a fused kernel mode "
+                             f"{available_modes()}; got {self.core} gate {self.gate!r} (mode {mode!r})")
 
     def _param(self) -> Tensor:
         return next(self.parameters())  # the raw parameter: device/dtype without running a transform
@@ -165,13 +197,20 @@ class _GatedRNN(nn.Module):
         if impl != "auto":
             self._check_implementation(impl)
             return impl
-        mode = self.mechanism.fused_mode if self.core == "gru" else None
+        fused = fused_available(self.core, self.mechanism.fused_mode)
         if self.gate == "-":
             p = self._param()
-            if self.core == "gru" and p.device.type == "cpu" and _has_fused(mode) and backend_for(p.device, p.dtype) == "cpp":
-                return "fused"  # compiled CPU loop: faster than torch.nn.GRU (DESIGN §6)
+            if (fused and not (self.bidirectional or self.proj_size) and p.device.type == "cpu"
+                    and backend_for(p.device, p.dtype) == "cpp"):
+                return "fused"  # compiled CPU loop: faster than torch.nn.GRU (docs/benchmarks.md)
             return "torch"
-        return "fused" if _has_fused(mode) else "reference"
+        return "fused" if fused else "reference"
+
+    def _path(self) -> str:
+        if self._gate_recorder is None:
+            return self.resolved_implementation()
+        self._check_implementation("reference")
+        return "reference"
 
     def _check_input(self, x: Tensor) -> tuple[Tensor, bool]:
         if not isinstance(x, Tensor):
@@ -188,15 +227,17 @@ class _GatedRNN(nn.Module):
             raise ValueError(f"input feature size must be input_size={self.input_size}; got {x.shape[-1]}")
         return x, unbatched
 
-    def _state(self, h: Tensor | None, x: Tensor, unbatched: bool, label: str) -> Tensor:
+    def _state(self, h: Tensor | None, x: Tensor, unbatched: bool, label: str, size: int) -> Tensor:
+        """Initial state (L·D, B, size) from ``hx`` (zeros when None)."""
+        expected = (len(self._cells), x.shape[1], size)
         if h is None:
-            return x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+            return x.new_zeros(expected)
         if unbatched and h.dim() == 2:
             h = h.unsqueeze(1)
-        expected = (self.num_layers, x.shape[1], self.hidden_size)
         if tuple(h.shape) != expected:
-            want = (self.num_layers, self.hidden_size) if unbatched else expected
-            raise ValueError(f"{label} must have shape {want} (num_layers, batch, hidden_size); got {tuple(h.shape)}")
+            want = (expected[0], size) if unbatched else expected
+            raise ValueError(f"{label} must have shape {want} (num_layers × directions, batch, {size}); "
+                             f"got {tuple(h.shape)}")
         return h
 
     def _finish(self, out: Tensor, unbatched: bool) -> Tensor:
@@ -205,10 +246,9 @@ class _GatedRNN(nn.Module):
         return out.transpose(0, 1) if self.batch_first else out
 
     def _flat(self) -> list[Tensor]:
-        flat: list[Tensor] = []
-        for k in range(self.num_layers):
-            flat += [p for p in self.layer_params(k) if p is not None]
-        return flat
+        """Every cell's tensors in torch's flat-weights order (w_ih, w_hh, b_ih, b_hh, w_hr)."""
+        names = (n for c in self._cells for n in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh, c.weight_hr))
+        return [getattr(self, n) for n in names if n is not None]
 
     def _between_layers(self, out: Tensor, k: int) -> Tensor:
         if self.dropout and self.training and k < self.num_layers - 1:
@@ -218,6 +258,31 @@ class _GatedRNN(nn.Module):
     def _on_step(self, k: int) -> F.StepCallback | None:
         rec = self._gate_recorder
         return None if rec is None else rec._callback(self, k)
+
+    def _torch(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def _reference(self, x: Tensor, state: State, params: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+                   on_step: F.StepCallback | None) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def _run(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """All cells over the time-major input ``x`` (T, B, I) from ``state`` (each (L·D, B, ·))."""
+        path = self._path()
+        if path == "torch":
+            return self._torch(x, state)
+        layer_in, finals = x, []
+        for k, c in enumerate(self._cells):  # one direction: cell k is layer k
+            params = self._cell_params(c)
+            s = tuple(t[k] for t in state)
+            if path == "fused":
+                gi = input_projection(layer_in, params[0], params[2])
+                out, s = FUSED_RECURRENCES[self.core](gi, s, params[1], params[3], self.mechanism.fused_mode)
+            else:
+                out, s = self._reference(layer_in, s, params, self._on_step(k))
+            finals.append(s)
+            layer_in = self._between_layers(out, k)
+        return layer_in, tuple(torch.stack(f) for f in zip(*finals, strict=True))
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, gate={self.gate!r}"
@@ -229,6 +294,10 @@ class _GatedRNN(nn.Module):
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         if self.mechanism.master is not None:
             s += f", master_chunk={self.master_chunk}"
         if self.implementation != "auto":
@@ -240,50 +309,45 @@ class GatedGRU(_GatedRNN):
     """GRU with a selectable gating mechanism; a drop-in for ``torch.nn.GRU``.
 
     Args:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout: as ``nn.GRU``
-            (``bidirectional`` is accepted for signature compatibility and must be False).
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional: as
+            ``nn.GRU`` (``bidirectional`` on the torch path only, gate ``-``).
         gate: a name from :data:`gates.mechanisms.GATES` (default ``"-"``, the standard GRU).
         chrono_tmax: T_max of chrono init in steps (default ``CHRONO_TMAX_PER_UNIT · hidden_size``).
         master_chunk: downsize factor C of master gates (must divide ``hidden_size``).
-        orthogonal_hh: orthogonal init of each recurrent block (papers/001).
+        orthogonal_hh: orthogonal init of each recurrent block.
         implementation: ``"auto"``, ``"torch"``, ``"fused"`` or ``"reference"`` (module docstring).
         seed: seeds the initialisation (otherwise torch's global RNG).
         device, dtype: of the parameters.
 
     Shapes: input (T, B, I), (B, T, I) with ``batch_first`` or unbatched (T, I); ``hx``
-    (L, B, H) or (L, H) unbatched. Returns ``(output, h_n)`` like ``nn.GRU``.
+    (L·D, B, H) or (L·D, H) unbatched (D = 2 when bidirectional). Returns ``(output, h_n)``
+    like ``nn.GRU``; output (T, B, D·H).
     """
 
     core = "gru"
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:  # noqa: A002
         x, unbatched = self._check_input(input)
-        h0 = self._state(hx, x, unbatched, "h0")
-        path = "reference" if self._gate_recorder is not None else self.resolved_implementation()
-        if path == "torch":
-            out, hn = torch._VF.gru(x, h0, self._flat(), self.bias, self.num_layers, self.dropout,
-                                    self.training, False, False)
-        else:
-            layer_in, finals = x, []
-            for k in range(self.num_layers):
-                w_ih, w_hh, b_ih, b_hh = self.layer_params(k)
-                if path == "fused":
-                    gi = input_projection(layer_in, w_ih, b_ih)
-                    out, h = fused_gru_recurrence(gi, h0[k], w_hh, b_hh, self.mechanism.fused_mode)
-                else:
-                    out, h = F.gru_sequence(self.mechanism, layer_in, h0[k], w_ih, w_hh, b_ih, b_hh, self._rows,
-                                            self._on_step(k))
-                finals.append(h)
-                layer_in = self._between_layers(out, k)
-            out, hn = layer_in, torch.stack(finals)
+        out, (hn,) = self._run(x, (self._state(hx, x, unbatched, "h0", self.hidden_size),))
         return self._finish(out, unbatched), (hn.squeeze(1) if unbatched else hn)
+
+    def _torch(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        out, hn = torch.gru(x, state[0], self._flat(), self.bias, self.num_layers, self.dropout, self.training,
+                            self.bidirectional, False)
+        return out, (hn,)
+
+    def _reference(self, x: Tensor, state: State, params: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+                   on_step: F.StepCallback | None) -> tuple[Tensor, State]:
+        out, h = F.gru_sequence(self.mechanism, x, state[0], *params, self._rows, on_step)
+        return out, (h,)
 
 
 class GatedLSTM(_GatedRNN):
-    """LSTM with a selectable gating mechanism; a drop-in for ``torch.nn.LSTM`` (no ``proj_size``).
+    """LSTM with a selectable gating mechanism; a drop-in for ``torch.nn.LSTM``.
 
-    Arguments as :class:`GatedGRU`. ``hx`` is ``(h0, c0)``; returns ``(output, (h_n, c_n))``.
-    The standard gate runs on torch's LSTM kernel; the variants on the reference recurrence.
+    Arguments as :class:`GatedGRU`, plus ``proj_size`` (as ``nn.LSTM``; torch path only,
+    gate ``-``). ``hx`` is ``(h0, c0)`` with h0 (L·D, B, proj_size or H) and c0 (L·D, B, H);
+    returns ``(output, (h_n, c_n))``.
     """
 
     core = "lstm"
@@ -291,29 +355,25 @@ class GatedLSTM(_GatedRNN):
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None  # noqa: A002
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         x, unbatched = self._check_input(input)
-        if hx is None:
-            h0 = c0 = self._state(None, x, unbatched, "h0")
-        else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError("hx must be a tuple (h0, c0) for an LSTM")
-            h0, c0 = self._state(hx[0], x, unbatched, "h0"), self._state(hx[1], x, unbatched, "c0")
-        path = "reference" if self._gate_recorder is not None else self.resolved_implementation()
-        if path == "torch":
-            out, hn, cn = torch._VF.lstm(x, (h0, c0), self._flat(), self.bias, self.num_layers, self.dropout,
-                                         self.training, False, False)
-        else:
-            layer_in, hs, cs = x, [], []
-            for k in range(self.num_layers):
-                w_ih, w_hh, b_ih, b_hh = self.layer_params(k)
-                out, h, c = F.lstm_sequence(self.mechanism, layer_in, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh,
-                                            self._rows, self._on_step(k))
-                hs.append(h)
-                cs.append(c)
-                layer_in = self._between_layers(out, k)
-            out, hn, cn = layer_in, torch.stack(hs), torch.stack(cs)
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise ValueError("hx must be a tuple (h0, c0) for an LSTM")
+        h0, c0 = (None, None) if hx is None else hx
+        state = (self._state(h0, x, unbatched, "h0", self.proj_size or self.hidden_size),
+                 self._state(c0, x, unbatched, "c0", self.hidden_size))
+        out, (hn, cn) = self._run(x, state)
         if unbatched:
             return out.squeeze(1), (hn.squeeze(1), cn.squeeze(1))
         return self._finish(out, False), (hn, cn)
+
+    def _torch(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        out, hn, cn = torch.lstm(x, state, self._flat(), self.bias, self.num_layers, self.dropout, self.training,
+                                 self.bidirectional, False)
+        return out, (hn, cn)
+
+    def _reference(self, x: Tensor, state: State, params: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+                   on_step: F.StepCallback | None) -> tuple[Tensor, State]:
+        out, h, c = F.lstm_sequence(self.mechanism, x, state[0], state[1], *params, self._rows, on_step)
+        return out, (h, c)
 
 
 def build_layer(cell: str, *args: Any, **kwargs: Any) -> _GatedRNN:
@@ -324,4 +384,4 @@ def build_layer(cell: str, *args: Any, **kwargs: Any) -> _GatedRNN:
     return classes[cell](*args, **kwargs)
 
 
-__all__ = ["GatedGRU", "GatedLSTM", "IMPLEMENTATIONS", "build_layer"]
+__all__ = ["FUSED_RECURRENCES", "GatedGRU", "GatedLSTM", "IMPLEMENTATIONS", "build_layer", "fused_available"]

@@ -1,4 +1,6 @@
-"""Gating mechanisms (papers/002 Table 1 and appendix B.5, papers/000 SST) as one registry.
+"""Gating mechanisms as one registry: Gu et al. 2020, "Improving the Gating Mechanism of Recurrent
+Neural Networks" (arXiv:1910.09890; Table 1 and appendix B.5), and the squared sigmoid-tanh (SST) of
+"Contrast-Enhanced Gating in GRUs for Robust Low-Data Sequence Learning".
 
 A mechanism says how the *decay gate* (GRU update gate ``z``, LSTM forget gate ``f``)
 and its tied or independent input gate are formed from the pre-activations of the
@@ -6,8 +8,8 @@ stacked row blocks, and how the biases are initialised. :data:`GATES` maps a nam
 a :class:`Mechanism`; :func:`get_mechanism` binds it to a core (``"gru"``/``"lstm"``).
 
 ========  ==========================================================================
-``-``     sigmoid gates; decay-gate bias +1 (LSTM forget bias, GRU update bias; papers/001)
-``C``     chrono: b_f ~ log U[1, T_max - 1]; LSTM also b_i = -b_f (papers/002 eq. 17-18)
+``-``     sigmoid gates; decay-gate bias +1 (LSTM forget bias, GRU update bias)
+``C``     chrono: b_f ~ log U[1, T_max - 1]; LSTM also b_i = -b_f (Gu et al. eq. 17-18)
 ``O``     cumax decay gate f = cumsum(softmax(a_f)); LSTM input i = 1 - cumax(a_i),
           GRU input tied 1 - f; cumax biases 0
 ``U``     UGI: b_f = logit(u), u ~ U[1/d, 1 - 1/d], d = hidden size; LSTM also b_i = -b_f
@@ -15,13 +17,13 @@ a :class:`Mechanism`; :func:`get_mechanism` binds it to a core (``"gru"``/``"lst
 ``OM``    ON-LSTM: sigmoid main gates (b_f = +1) and cumax master gates of H/C units
 ``UM``    as OM with sigmoid master gates initialised by UGI (b_mf = logit(u), b_mi = -b_mf)
 ``OR``    cumax main gate + refine gate, input tied to 1 - g; biases 0
-``UR``    UGI main gate + refine gate, refine bias b_r = -b_f at init (papers/002 appendix A)
-``SST``   squared sigmoid-tanh (papers/000): every [0, 1] gate is sigmoid(a)² and the
+``UR``    UGI main gate + refine gate, refine bias b_r = -b_f at init (Gu et al. app. A)
+``SST``   squared sigmoid-tanh: every [0, 1] gate is sigmoid(a)² and the
           candidate is tanh(a)·|tanh(a)| (the tanh is squared, its sign kept);
           the LSTM output nonlinearity stays h = o·tanh(c); b_f = +1
 ========  ==========================================================================
 
-Row blocks (torch order first, then extras; the layer's ``gate_blocks()``):
+Row blocks (torch order first, then extras; the layer's :func:`soensim.layout`):
 
 * GRU: ``reset, update, candidate`` (nn.GRU's r, z, n). The GRU has no independent
   input gate to repurpose, so the refine variants (R, OR, UR) add an H-row ``refine``
@@ -34,17 +36,22 @@ Row blocks (torch order first, then extras; the layer's ``gate_blocks()``):
 * Master variants (OM, UM) add ``master_forget`` and ``master_input`` blocks of H/C rows
   each (C = ``master_chunk``, default 16, must divide H); unit j uses master unit j // C.
 
-Master gates (papers/002 eq. 19-23): with main gates f, i (GRU: i = 1 - f) and master
+Master gates (Gu et al. eq. 19-23): with main gates f, i (GRU: i = 1 - f) and master
 gates f̃, ĩ (OM: cumax and 1 - cumax; UM: sigmoids), ω = f̃·ĩ, the effective gates are
 f̂ = f·ω + (f̃ - ω) and î = i·ω + (ĩ - ω).
 
 ``leaky`` mechanisms (-, C, U, R, UR, SST) have a per-unit decay bias: with every other
 pre-activation zero their effective decay gate is an elementwise function of it, so a
-physical time constant maps to a bias (:meth:`Mechanism.bias_for_decay`). cumax mixes
-units and master gates share values across a chunk: those are not leaky.
+physical time constant maps to a bias (:meth:`Mechanism.bias_for_tau`: a leaky mechanism is the
+``decay`` of its layer's :func:`soensim.layout`). cumax mixes units and master gates share values
+across a chunk: those are not leaky.
 
-Chrono T_max: papers/002 §3 sets T_max proportional to the hidden size when it is not
-tuned but gives no constant; soensim uses ``T_max = CHRONO_TMAX_PER_UNIT · H`` with
+``fused_mode`` names the kernel mode of a mechanism, the same on both cores: ``sigmoid`` (-, C, U),
+``refine`` (R, UR), ``sst`` (SST), ``cumax`` (O), ``cumax_refine`` (OR), ``master_cumax`` (OM),
+``master_sigmoid`` (UM); a layer runs it fused when :mod:`gates.kernels` has it.
+
+Chrono T_max: Gu et al. §3 set T_max proportional to the hidden size when it is not
+tuned but give no constant; soensim uses ``T_max = CHRONO_TMAX_PER_UNIT · H`` with
 :data:`CHRONO_TMAX_PER_UNIT` = 1 (at least 3), unless ``chrono_tmax`` is given.
 """
 from __future__ import annotations
@@ -57,23 +64,16 @@ from typing import Callable, Literal, Mapping
 import torch
 from torch import Tensor
 
-from soensim.timescales import tau_to_bias
+from soensim.layouts import TORCH_BLOCKS
+from soensim.timescales import bias_to_tau, tau_to_bias
 
 Core = Literal["gru", "lstm"]
 
-#: Row blocks of each core, in torch's order.
-BASE_BLOCKS: dict[str, tuple[str, ...]] = {
-    "gru": ("reset", "update", "candidate"),
-    "lstm": ("input", "forget", "cell", "output"),
-}
 #: The block whose bias sets a unit's time constant.
 DECAY_BLOCK: dict[str, str] = {"gru": "update", "lstm": "forget"}
-#: Short names accepted wherever a block is named (torch's letters).
-ALIASES: dict[str, str] = {"r": "reset", "z": "update", "n": "candidate", "i": "input", "f": "forget",
-                           "g": "cell", "o": "output"}
-#: Default downsize factor C of master gates (papers/002 appendix D: 16 for synthetic/image tasks).
+#: Default downsize factor C of master gates (Gu et al. appendix D: 16 for synthetic/image tasks).
 DEFAULT_MASTER_CHUNK = 16
-#: T_max = CHRONO_TMAX_PER_UNIT × hidden size when ``chrono_tmax`` is not given (papers/002 §3).
+#: T_max = CHRONO_TMAX_PER_UNIT × hidden size when ``chrono_tmax`` is not given (Gu et al. §3).
 CHRONO_TMAX_PER_UNIT = 1.0
 #: The "+1" of the standard forget/update-gate initialisation.
 STANDARD_DECAY_BIAS = 1.0
@@ -100,14 +100,14 @@ def refine(f: Tensor, r: Tensor) -> Tensor:
     """Refined gate g = 2 r f + (1 - 2 r) f² = r·(1 - (1 - f)²) + (1 - r)·f².
 
     r interpolates between the lower band f² (r = 0) and the upper band 1 - (1 - f)²
-    (r = 1); r = 1/2 gives g = f (papers/002 eq. 16).
+    (r = 1); r = 1/2 gives g = f (Gu et al. eq. 16).
     """
     return 2 * r * f + (1 - 2 * r) * f * f
 
 
 # --------------------------------------------------------------------------- bias draws
 def ugi_bias(n: int, generator: torch.Generator | None = None, d: int | None = None) -> Tensor:
-    """UGI biases logit(u), u ~ U[1/d, 1 - 1/d] (papers/002 eq. 9, appendix A), float64 (n,).
+    """UGI biases logit(u), u ~ U[1/d, 1 - 1/d] (Gu et al. eq. 9, appendix A), float64 (n,).
 
     ``d`` is the hidden size that sets the bounds (default ``n``); for d ≤ 2 the bounds
     would be empty and U[1/4, 3/4] is used instead.
@@ -121,7 +121,7 @@ def ugi_bias(n: int, generator: torch.Generator | None = None, d: int | None = N
 
 
 def chrono_bias(n: int, tmax: float, generator: torch.Generator | None = None) -> Tensor:
-    """Chrono biases log(T), T ~ U[1, T_max - 1] (Tallec & Ollivier; papers/002 eq. 17), float64 (n,)."""
+    """Chrono biases log(T), T ~ U[1, T_max - 1] (Tallec & Ollivier 2018; Gu et al. eq. 17), float64 (n,)."""
     if not tmax >= 2:
         raise ValueError(f"chrono_tmax must be ≥ 2 steps (T ~ U[1, T_max - 1]); got {tmax}")
     t = 1 + (tmax - 2) * torch.rand(n, generator=generator, dtype=torch.float64)
@@ -175,8 +175,8 @@ class Mechanism:
 
     def for_core(self, core: Core) -> "Mechanism":
         """The same mechanism bound to ``core``."""
-        if core not in BASE_BLOCKS:
-            raise ValueError(f"core must be one of {sorted(BASE_BLOCKS)}; got {core!r}")
+        if core not in TORCH_BLOCKS:
+            raise ValueError(f"core must be one of {sorted(TORCH_BLOCKS)}; got {core!r}")
         return dataclasses.replace(self, core=core)
 
     # ---------------------------------------------------------------- properties
@@ -186,13 +186,13 @@ class Mechanism:
         return self.activation != "cumax" and self.master is None
 
     @property
-    def fused_mode(self) -> str | None:
-        """Mode of :func:`gates.kernels.fused_gru_recurrence` for this GRU mechanism, or None."""
-        if self.master is not None or self.activation == "cumax":
-            return None
-        if self.activation == "sst":
-            return None if self.refine else "sst"
-        return "refine" if self.refine else "sigmoid"
+    def fused_mode(self) -> str:
+        """Kernel mode of this mechanism (the same on both cores; table in the module docstring)."""
+        if self.master is not None:
+            return f"master_{self.master}"
+        if self.refine:
+            return "refine" if self.activation == "sigmoid" else f"{self.activation}_refine"
+        return self.activation
 
     @property
     def decay_block(self) -> str:
@@ -215,11 +215,11 @@ class Mechanism:
         return extra
 
     def block_rows(self, hidden_size: int, chunk: int = DEFAULT_MASTER_CHUNK) -> dict[str, int]:
-        """Row count of every block, in order (the layer's ``gate_blocks()`` is built from it).
+        """Row count of every block, in order (the layer's layout is built from it).
 
         Raises ValueError for master mechanisms when ``chunk`` (C) does not divide ``hidden_size``.
         """
-        rows = {b: hidden_size for b in BASE_BLOCKS[self.core]}
+        rows = {b: hidden_size for b in TORCH_BLOCKS[self.core]}
         if self.refine and self.core == "gru":
             rows["refine"] = hidden_size
         if self.master is not None:
@@ -274,16 +274,23 @@ class Mechanism:
         return out
 
     def bias_for_tau(self, tau: Tensor | float, dt: Tensor | float) -> dict[str, Tensor]:
-        """:meth:`bias_for_decay` of ``z = exp(-dt/tau)``, computed without forming z
-        (``tau_to_bias(tau, dt)``; SST: ``tau_to_bias(2 tau, dt)`` since √z = exp(-dt/(2 tau)))."""
+        """:meth:`bias_for_decay` of ``z = exp(-dt/tau)`` (``tau``, ``dt`` in one time unit), float64,
+        computed without forming z: ``tau_to_bias(tau, dt)``; SST ``tau_to_bias(2 tau, dt)`` since
+        √z = exp(-dt/(2 tau))."""
         self._require_leaky()
-        if self.activation == "sst":
-            tau = 2 * (tau if isinstance(tau, Tensor) else torch.as_tensor(tau, dtype=torch.float64))
-        b = tau_to_bias(tau, dt)
+        tau = torch.as_tensor(tau, dtype=torch.float64).double()
+        b = tau_to_bias(2 * tau if self.activation == "sst" else tau, dt)
         out = {self.decay_block: b}
         if self.refine:
             out[self.refine_block] = torch.zeros_like(b)  # type: ignore[index]
         return out
+
+    def tau_for_bias(self, bias: Tensor, dt: Tensor | float) -> Tensor:
+        """Inverse of :meth:`bias_for_tau` on the decay block: the time constant (unit of ``dt``,
+        float64) of a unit whose decay bias is ``bias`` (refine bias 0 assumed)."""
+        self._require_leaky()
+        tau = bias_to_tau(torch.as_tensor(bias).double(), dt)
+        return tau / 2 if self.activation == "sst" else tau
 
     def decay_for_bias(self, b: Tensor) -> Tensor:
         """Inverse of :meth:`bias_for_decay` on the decay block: the decay gate at rest for bias ``b``
@@ -309,7 +316,7 @@ class Mechanism:
         with torch.no_grad():
             bias[f].copy_(b_f)
             if self.core == "lstm" and not self.refine and self.init in ("chrono", "ugi"):
-                bias["input"].copy_(-b_f)  # approximately tied gates at init (papers/002 eq. 18)
+                bias["input"].copy_(-b_f)  # approximately tied gates at init (Gu et al. eq. 18)
                 written.add("input")
             if self.refine:
                 rb = self.refine_block
@@ -360,13 +367,8 @@ def get_mechanism(name: str, core: Core = "gru") -> Mechanism:
     return GATES[name].for_core(core)
 
 
-def block_name(name: str) -> str:
-    """Full block name for a short alias (r, z, n, i, f, g, o); other names pass through."""
-    return ALIASES.get(name, name)
-
-
 __all__ = [
-    "ALIASES", "BASE_BLOCKS", "BIAS_INITS", "CHRONO_TMAX_PER_UNIT", "DECAY_BLOCK", "DEFAULT_MASTER_CHUNK", "GATES",
-    "Mechanism", "STANDARD_DECAY_BIAS", "block_name", "chrono_bias", "cumax", "default_chrono_tmax",
+    "BIAS_INITS", "CHRONO_TMAX_PER_UNIT", "DECAY_BLOCK", "DEFAULT_MASTER_CHUNK", "GATES",
+    "Mechanism", "STANDARD_DECAY_BIAS", "chrono_bias", "cumax", "default_chrono_tmax",
     "get_mechanism", "refine", "signed_squared_tanh", "squared_sigmoid", "ugi_bias",
 ]

@@ -1,4 +1,5 @@
-"""Opt-in gate statistics (papers/002 Fig. 4 histograms, papers/001 W_hz growth).
+"""Opt-in gate statistics: the per-unit gate histograms of Gu et al. 2020 (arXiv:1910.09890, Fig. 4)
+and the W_hz growth of Malandain 2026, "Ablation of Gate Biases in GRUs for s-CIFAR-10".
 
 :class:`GateRecorder` is a context manager: while it is active, the gates layers inside
 the module it was given take the reference path and report every step's gate
@@ -9,19 +10,21 @@ it nothing is attached — no hooks, the fast path runs unchanged::
         model(x)                      # any number of calls (e.g. a validation set)
     s = rec.stats()                   # {"rnn.l0": {"decay_gate": (H,), "timescale_steps": (H,), ...}}
 
-Recorded per layer ``l{k}`` of every :class:`~gates.layers.GatedGRU`/``GatedLSTM`` found:
+Recorded per cell ``l{k}`` of every :class:`~gates.layers.GatedGRU`/``GatedLSTM`` found:
 
 * ``decay_gate`` — the effective decay gate (GRU update, LSTM forget; after refine/master
-  gates) per unit, averaged over time and batch (papers/002 appendix D.1);
+  gates) per unit, averaged over time and batch (Gu et al. appendix D.1);
 * ``timescale_steps`` — the characteristic time scale 1/(1 - g) of that mean gate, in steps
-  (papers/002 B.2);
+  (Gu et al. appendix B.2);
 * ``input_gate`` and the mechanism's other gates where present: ``reset`` (GRU), ``output``
   (LSTM), ``main`` (the decay gate before refine/master), ``refine``, ``master_forget``,
   ``master_input`` (H/C units);
 * ``steps`` — the number of (step × batch) samples averaged;
-* weight norms (:func:`decay_weight_norms`): ``W_h_decay``/``W_x_decay`` (Frobenius norms of
-  the decay rows of W_hh and W_ih: W_hz, W_xz for a GRU) and ``W_h_decay_rows``/
-  ``W_x_decay_rows`` (per-unit row norms).
+* weight norms: ``W_h_decay``/``W_x_decay`` (Frobenius norms of the decay rows of W_hh and
+  W_ih: W_hz, W_xz for a GRU) and ``W_h_decay_rows``/``W_x_decay_rows`` (per-unit row norms);
+  the rows are the layout's decay block (:func:`soensim.layout`).
+
+The recorder reads the reference path, so it records unidirectional layers without projection.
 
 Values are tensors; plotting lives in ``studies.plots``.
 """
@@ -32,15 +35,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .init import decay_block, layer_blocks
+from soensim.layouts import Cell, layout, tensor
+
+from .layers import _GatedRNN
 
 
-def _gated_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    from .layers import _GatedRNN
-
+def _gated_layers(module: nn.Module) -> list[tuple[str, _GatedRNN]]:
     found = [(name, m) for name, m in module.named_modules() if isinstance(m, _GatedRNN)]
     if not found:
         raise ValueError(f"{type(module).__name__} contains no GatedGRU/GatedLSTM layer to record")
+    for name, m in found:
+        if m.bidirectional or m.proj_size:
+            raise ValueError(f"layer {name or type(m).__name__!r}: gate statistics need the reference path, which "
+                             "runs unidirectional layers without proj_size")
     return found
 
 
@@ -97,7 +104,7 @@ class GateRecorder:
     def _key(self, layer: nn.Module, k: int) -> str:
         for name, m in self.layers:
             if m is layer:
-                return f"{name}.l{k}" if name else f"l{k}"
+                return _key(name, layout(m).cells[k])
         raise KeyError("layer not recorded")  # pragma: no cover
 
     def _callback(self, layer: nn.Module, k: int):
@@ -119,33 +126,41 @@ class GateRecorder:
         """Per recorded layer: mean gates (float64, per unit), ``timescale_steps``, ``steps`` and weight norms."""
         out: dict[str, dict[str, Tensor]] = {}
         for name, layer in self.layers:
-            norms = _norm_tensors(layer)
-            for k in range(layer.num_layers):
-                key = f"{name}.l{k}" if name else f"l{k}"
+            for cell, norms in _norm_tensors(layer):
+                key = _key(name, cell)
                 n = self._counts.get(key, 0)
                 entry: dict[str, Tensor] = {}
                 if n:
                     entry = {g: s / n for g, s in self._sums[key].items()}
                     entry["timescale_steps"] = _timescale(entry["decay_gate"])
                 entry["steps"] = torch.tensor(n)
-                entry.update(norms[k])
+                entry.update(norms)
                 out[key] = entry
         return out
+
+
+def _key(name: str, cell: Cell) -> str:
+    return f"{name}.{cell.tag}" if name else cell.tag
 
 
 def _timescale(g: Tensor) -> Tensor:
     return 1.0 / (1.0 - g).clamp_min(torch.finfo(g.dtype).tiny)
 
 
-def _norm_tensors(layer: nn.Module) -> list[dict[str, Tensor]]:
-    sl = layer_blocks(layer)[decay_block(layer)]
+def _decay_rows(layer: nn.Module) -> list[tuple[Cell, Tensor, Tensor]]:
+    """(cell, decay rows of W_hh, decay rows of W_ih) of every cell (effective values, detached)."""
+    lay = layout(layer)
+    sl = lay.block(lay.decay_block)
+    return [(c, tensor(layer, c.weight_hh)[sl].detach(), tensor(layer, c.weight_ih)[sl].detach()) for c in lay.cells]
+
+
+@torch.no_grad()
+def _norm_tensors(layer: nn.Module) -> list[tuple[Cell, dict[str, Tensor]]]:
     out = []
-    with torch.no_grad():
-        for k in range(layer.num_layers):
-            w_h = getattr(layer, f"weight_hh_l{k}")[sl].detach().double()
-            w_x = getattr(layer, f"weight_ih_l{k}")[sl].detach().double()
-            out.append({"W_h_decay": w_h.norm(), "W_x_decay": w_x.norm(),
-                        "W_h_decay_rows": w_h.norm(dim=1), "W_x_decay_rows": w_x.norm(dim=1)})
+    for c, w_h, w_x in _decay_rows(layer):
+        w_h, w_x = w_h.double(), w_x.double()
+        out.append((c, {"W_h_decay": w_h.norm(), "W_x_decay": w_x.norm(),
+                        "W_h_decay_rows": w_h.norm(dim=1), "W_x_decay_rows": w_x.norm(dim=1)}))
     return out
 
 
@@ -157,7 +172,7 @@ def gate_means(layer: nn.Module, x: Tensor, h0: Any = None, k: int = 0) -> dict[
     Returns ``{"decay_gate": (H,), "timescale_steps": (H,)}`` in the layer's dtype, with the
     time scale 1/(1 - g) of the mean gate. One no-grad pass; the layer is left as it was.
     """
-    if not hasattr(layer, "gate_blocks") or not hasattr(layer, "_gate_recorder"):
+    if not isinstance(layer, _GatedRNN):
         raise ValueError(f"layer must be a GatedGRU/GatedLSTM; got {type(layer).__name__}")
     with GateRecorder(layer) as rec:
         layer(x, h0)
@@ -169,15 +184,15 @@ def gate_means(layer: nn.Module, x: Tensor, h0: Any = None, k: int = 0) -> dict[
 
 @torch.no_grad()
 def decay_weight_norms(layer: nn.Module) -> dict[str, float]:
-    """Frobenius norms of the decay-gate rows of W_hh and W_ih (W_hz, W_xz for a GRU) per layer.
+    """Frobenius norms of the decay-gate rows of W_hh and W_ih (W_hz, W_xz for a GRU) per cell.
 
-    Keys ``W_h_decay_l{k}`` and ``W_x_decay_l{k}``. Works on gates layers and torch.nn.GRU/LSTM.
+    Keys ``W_h_decay_{tag}`` and ``W_x_decay_{tag}`` with the cell's tag (``l0``, ``l0_reverse``,
+    ...; ``cell`` for GRUCell/LSTMCell). Works on every GRU/LSTM layer :func:`soensim.layout` describes.
     """
-    sl = layer_blocks(layer)[decay_block(layer)]
     out = {}
-    for k in range(layer.num_layers):
-        out[f"W_h_decay_l{k}"] = getattr(layer, f"weight_hh_l{k}")[sl].norm().item()
-        out[f"W_x_decay_l{k}"] = getattr(layer, f"weight_ih_l{k}")[sl].norm().item()
+    for c, w_h, w_x in _decay_rows(layer):
+        out[f"W_h_decay_{c.tag}"] = w_h.norm().item()
+        out[f"W_x_decay_{c.tag}"] = w_x.norm().item()
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from .dynamics import SOURCE_FIT, SourceFit, source_threshold
 from .timescales import tau_to_bias
 
 #: Parameter roles a profile can mark trainable.
@@ -48,6 +49,11 @@ class HardwareProfile:
         trainable: the parameter roles (see :data:`ROLES`) that may be trained.
         reset_bias: value the GRU reset-gate bias is frozen at when ``reset_bias`` is not
             trainable.
+        flux_budget: bound on the summed coupling one unit receives, ``Σ_j |W_ij|`` over the
+            input and recurrent weights of each gate row together (same units as
+            ``coupling_max``; finite, > 0), or None for unbounded.
+        max_fan_in: most connections one gate row receives (input + recurrent, int ≥ 1), or
+            None for dense rows.
     """
 
     name: str = "custom"
@@ -61,6 +67,8 @@ class HardwareProfile:
     state_noise: float = 0.0
     trainable: frozenset[str] = field(default_factory=lambda: frozenset(ROLES))
     reset_bias: float = 0.0
+    flux_budget: float | None = None
+    max_fan_in: int | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -87,8 +95,9 @@ class HardwareProfile:
                 _check_tau(f"tau_values[{i}]", v, self.dt)
             set_("tau_values", tuple(sorted(vals)))
         set_("tau_spread", _float_in("tau_spread", self.tau_spread, 0.0, 1.0, hi_open=True))
-        if self.coupling_max is not None:
-            set_("coupling_max", _positive_float("coupling_max", self.coupling_max))
+        for label in ("coupling_max", "flux_budget"):
+            if getattr(self, label) is not None:
+                set_(label, _positive_float(label, getattr(self, label)))
         if self.weight_levels is not None:
             if isinstance(self.weight_levels, bool) or not isinstance(self.weight_levels, int):
                 raise ProfileError(f"weight_levels must be an int ≥ 2 or None; got {self.weight_levels!r}")
@@ -96,6 +105,9 @@ class HardwareProfile:
                 raise ProfileError(f"weight_levels must be ≥ 2; got {self.weight_levels}")
             if self.coupling_max is None:
                 raise ProfileError("weight_levels needs coupling_max (levels span [-coupling_max, coupling_max])")
+        if self.max_fan_in is not None and (isinstance(self.max_fan_in, bool) or not isinstance(self.max_fan_in, int)
+                                            or self.max_fan_in < 1):
+            raise ProfileError(f"max_fan_in must be an int ≥ 1 (connections per gate row) or None; got {self.max_fan_in!r}")
         set_("flux_noise", _float_in("flux_noise", self.flux_noise, 0.0, math.inf))
         set_("state_noise", _float_in("state_noise", self.state_noise, 0.0, math.inf))
         if isinstance(self.trainable, str):
@@ -191,8 +203,8 @@ class HardwareProfile:
 
 def _positive_float(label: str, v: Any) -> float:
     f = _float_in(label, v, 0.0, math.inf)
-    if f <= 0:
-        raise ProfileError(f"{label} must be > 0; got {v!r}")
+    if f <= 0 or math.isinf(f):
+        raise ProfileError(f"{label} must be finite and > 0; got {v!r}")
     return f
 
 
@@ -222,8 +234,44 @@ def _check_tau(label: str, v: float, dt: float) -> None:
 _NS = 1e-9
 _HARDWARE_ROLES = frozenset({"weights", "candidate_bias", "flux_offset", "bias_current"})
 
-#: Named presets. SOEN values follow DESIGN §3.2–3.3 (dendrite τ = L/r of 10–1000 ns at Δt = 0.1 ns,
-#: practical coupling |J| ≤ 0.5, fabrication spread ~5 %).
+#: Bias current (units of I_c) at which the ``soen-dendrite`` flux budget is computed: the
+#: :class:`~soensim.soen_layer.SOENLayer` default (φ_th ≈ 0.18, s_max = i_b − C ≈ 0.74).
+DENDRITE_BIAS_CURRENT = 1.8
+
+
+def flux_window_budget(i_b: float = DENDRITE_BIAS_CURRENT, fit: SourceFit = SOURCE_FIT) -> float:
+    """The flux budget of a SOEN unit at bias current ``i_b`` (units of I_c):
+    ``(0.5 − φ_th(i_b)) / s_max`` with ``s_max = i_b − C``.
+
+    The source function g(φ, i_b) of a dendrite is zero below the threshold flux φ_th(i_b)
+    and rises monotonically up to φ = 1/2 (:func:`soensim.dynamics.source_threshold`;
+    Shainline et al., phenomenological model of superconducting optoelectronic loop neurons;
+    docs/physics.md). The flux a unit receives from its senders must stay inside that
+    window: ``Σ_{J>0} J_ij·s_j ≤ 0.5 − φ_th``. A sender's state never exceeds
+    ``s_max = i_b − C`` (g vanishes once ``i_b − s`` falls to the fit's C), and
+    ``Σ_{J>0} J_ij·s_j ≤ s_max·Σ_j |J_ij|``, so the L1 row bound
+
+        Σ_j |J_ij| ≤ (0.5 − φ_th) / s_max
+
+    is sufficient. It is conservative: it charges inhibitory couplings as well and assumes
+    every sender at its maximum at once.
+
+    Mapping to gate layers (what ``HardwareProfile.flux_budget`` assumes): each gate row is
+    one receiving unit, its pre-activation the flux, its weights the couplings ``J_ij`` (the
+    units of ``coupling_max``) and its inputs and recurrent states the senders' signals, on
+    the scale where a sender's largest signal is ``s_max``; the budget then bounds every row
+    of ``[W_ih | W_hh]``.
+    """
+    if not i_b > fit.C:
+        raise ValueError(f"i_b must exceed the source fit's C = {fit.C:.4g} (units of I_c) for a unit to be active; "
+                         f"got {i_b!r}")
+    phi_th = float(source_threshold(torch.tensor(float(i_b), dtype=torch.float64), fit))
+    return (0.5 - phi_th) / (float(i_b) - fit.C)
+
+
+#: Named presets. SOEN values follow docs/physics.md (dendrite τ = L/r of 10–1000 ns at
+#: Δt = 0.1 ns, practical coupling |J| ≤ 0.5, fabrication spread ~5 %, the flux budget of
+#: :func:`flux_window_budget`).
 PRESETS: dict[str, HardwareProfile] = {
     "software": HardwareProfile(name="software", dt=1.0),
     "soen-dendrite": HardwareProfile(
@@ -232,6 +280,7 @@ PRESETS: dict[str, HardwareProfile] = {
         tau_range=(10 * _NS, 1000 * _NS),
         tau_spread=0.05,
         coupling_max=0.5,
+        flux_budget=flux_window_budget(),
         trainable=_HARDWARE_ROLES,
     ),
     "soen-fabricated": HardwareProfile(
@@ -245,4 +294,4 @@ PRESETS: dict[str, HardwareProfile] = {
     ),
 }
 
-__all__ = ["HardwareProfile", "PRESETS", "ProfileError", "ROLES"]
+__all__ = ["DENDRITE_BIAS_CURRENT", "HardwareProfile", "PRESETS", "ProfileError", "ROLES", "flux_window_budget"]

@@ -1,25 +1,34 @@
 """Sequence models of the studies: one recurrent layer and a head.
 
-- papers/001: GRU → linear head on the last hidden state. With one input,
-  H = 181 and 10 classes this is 101,732 parameters (both PyTorch bias vectors kept).
-- papers/002: GRU/LSTM → per-step ReLU layer of ``head_hidden`` (256) → linear;
+- Malandain 2026, "Ablation of Gate Biases in GRUs for s-CIFAR-10": GRU → linear head on the
+  last hidden state. With one input, H = 181 and 10 classes this is 101,732 parameters
+  (both PyTorch bias vectors kept).
+- Gu et al. 2020, "Improving the Gating Mechanism of Recurrent Neural Networks"
+  (arXiv:1910.09890): GRU/LSTM → per-step ReLU layer of ``head_hidden`` (256) → linear;
   classification reads the last step, the copy task the last ``readout`` steps.
   (The head is applied only where its output is used: the result is the same.)
 
 The recurrent layer is a :class:`gates.GatedGRU`/:class:`gates.GatedLSTM` (any gate
-mechanism); hardware constraints come from :func:`soensim.constraints.constrain`.
+mechanism), read through its :func:`soensim.layout`; frozen biases come from
+:func:`soensim.constraints.freeze_biases`, hardware constraints from
+:func:`soensim.constraints.constrain`.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from gates import build_layer
+from gates import GatedGRU, GatedLSTM, build_layer
 from gates import init as gate_init
 from gates import stats as gate_stats
-from gates.mechanisms import DECAY_BLOCK
+from soensim import HardwareProfile
+from soensim.constraints import ConstraintReport, constrain, freeze_biases
+from soensim.layouts import layout, tensor
 
-from .train import RunConfig
+if TYPE_CHECKING:
+    from .train import RunConfig
 
 
 # --------------------------------------------------------------------------- model
@@ -31,11 +40,10 @@ class SequenceModel(nn.Module):
     """
 
     def __init__(self, rnn: nn.Module, hidden: int, num_outputs: int, head: str = "linear",
-                 head_hidden: int = 256, readout: int = 1, cell: str = "gru"):
+                 head_hidden: int = 256, readout: int = 1):
         super().__init__()
         self.rnn = rnn
         self.readout = readout
-        self.cell = cell
         if head == "linear":
             self.head = nn.Linear(hidden, num_outputs)
         elif head == "mlp":
@@ -51,40 +59,53 @@ class SequenceModel(nn.Module):
 
     # ---------------------------------------------------------------- diagnostics
     def diagnostics(self) -> dict[str, float]:
-        """Norms the studies track per epoch (papers/001: W_hz growth)."""
-        return recurrent_diagnostics(self.rnn, self.cell)
+        """Norms the studies track per epoch (the W_hz growth of the bias ablation)."""
+        return recurrent_diagnostics(self.rnn)
 
     def gate_statistics(self, x: Tensor) -> dict[str, list[float]]:
-        """Per-unit gate activations averaged over batch and time (papers/002 Fig. 4)."""
-        return gate_statistics(self.rnn, x, self.cell)
+        """Per-unit gate activations averaged over batch and time (Gu et al. Fig. 4)."""
+        return gate_statistics(self.rnn, x)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def decay_rows(rnn: nn.Module, cell: str = "gru") -> slice:
+def decay_rows(rnn: nn.Module) -> slice:
     """Rows of the stacked gate dimension holding the decay gate (GRU update ``z``, LSTM
-    forget ``f``), for gates layers and torch.nn.GRU/LSTM alike."""
-    return gate_init.layer_blocks(rnn)[getattr(rnn, "decay_gate", None) or DECAY_BLOCK[cell]]
+    forget ``f``) of any GRU/LSTM layer, from its layout."""
+    lay = layout(rnn)
+    return lay.block(lay.decay_block)
 
 
-def recurrent_diagnostics(rnn: nn.Module, cell: str = "gru") -> dict[str, float]:
-    """Per-epoch diagnostics of the (first) recurrent layer, effective values after any constraint:
+def _first_decay_bias(rnn: nn.Module) -> Tensor | None:
+    """Effective decay-gate bias ``bias_ih + bias_hh`` of the first cell (None without biases)."""
+    cell = layout(rnn).cells[0]
+    if not cell.biases:
+        return None
+    rows = decay_rows(rnn)
+    return sum(tensor(rnn, b)[rows] for b in cell.biases)  # type: ignore[return-value]
+
+
+def recurrent_diagnostics(rnn: nn.Module) -> dict[str, float]:
+    """Per-epoch diagnostics of the first cell of a GRU/LSTM layer, effective values after any constraint:
 
     ``w_hz_norm`` — Frobenius norm of the decay-gate rows of W_hh (GRU update gate; named
-    ``w_hf_norm`` for an LSTM's forget gate), the quantity papers/001 sees grow in the
-    ablated model; ``w_iz_norm`` the same rows of W_ih; ``w_max_abs`` the largest |weight|;
-    ``b_z_mean`` the mean effective decay-gate bias (``bias_ih + bias_hh`` rows).
+    ``w_hf_norm`` for an LSTM's forget gate), the quantity the bias ablation sees grow in the
+    ablated model; ``w_iz_norm`` the same rows of W_ih; ``w_max_abs`` the largest |weight|
+    of W_hh and W_ih; ``b_z_mean`` the mean effective decay-gate bias (``bias_ih + bias_hh`` rows).
     """
-    tag = "z" if cell == "gru" else "f"
+    lay = layout(rnn)
+    cell = lay.cells[0]
+    tag = "z" if lay.core == "gru" else "f"
     norms = gate_stats.decay_weight_norms(rnn)
-    out = {f"w_h{tag}_norm": norms["W_h_decay_l0"], f"w_i{tag}_norm": norms["W_x_decay_l0"]}
+    out = {f"w_h{tag}_norm": norms[f"W_h_decay_{cell.tag}"], f"w_i{tag}_norm": norms[f"W_x_decay_{cell.tag}"]}
     with torch.no_grad():
-        out["w_max_abs"] = float(torch.maximum(rnn.weight_hh_l0.abs().max(), rnn.weight_ih_l0.abs().max()))
-        if getattr(rnn, "bias_ih_l0", None) is not None:
-            rows = decay_rows(rnn, cell)
-            out[f"b_{tag}_mean"] = float((rnn.bias_ih_l0[rows] + rnn.bias_hh_l0[rows]).mean())
+        w_hh, w_ih = tensor(rnn, cell.weight_hh), tensor(rnn, cell.weight_ih)
+        out["w_max_abs"] = float(torch.maximum(w_hh.abs().max(), w_ih.abs().max()))
+        bias = _first_decay_bias(rnn)
+        if bias is not None:
+            out[f"b_{tag}_mean"] = float(bias.mean())
     return out
 
 
@@ -93,7 +114,7 @@ def build_model(cfg: RunConfig, input_size: int, num_outputs: int, seq_len: int,
     """The recurrent layer (+ hardware constraints when ``cfg.profile`` is set) and the head."""
     rnn = make_recurrent(cfg, input_size, seq_len)
     report = apply_hardware(rnn, cfg, seq_len) if cfg.profile is not None else None
-    model = SequenceModel(rnn, cfg.hidden, num_outputs, cfg.head, cfg.head_hidden, readout, cfg.cell)
+    model = SequenceModel(rnn, cfg.hidden, num_outputs, cfg.head, cfg.head_hidden, readout)
     model.constraint_report = report  # what constrain() did (None in software), for inspection
     return model
 
@@ -108,35 +129,40 @@ def hardware_dt(cfg: RunConfig, seq_len: int) -> float:
     """
     if cfg.hw_dt is not None:
         return cfg.hw_dt
-    from soensim import HardwareProfile
-
     return HardwareProfile.preset(cfg.profile).dt * 1024 / seq_len
 
 
 def make_recurrent(cfg: RunConfig, input_size: int, seq_len: int) -> nn.Module:
     """One batch_first recurrent layer for ``cfg``: ``cell``, ``gate``, ``hidden``, orthogonal
     W_hh blocks (``orthogonal_hh``), chrono T_max (``chrono_tmax``, default the sequence
-    length), and for the standard gate ``-`` of a GRU b_z = b_r = ``update_bias_init``
-    (papers/001); ``bias_mode="frozen-zero"`` then fixes b_z = b_r = 0 with b_n trainable.
+    length), and for the standard gate ``-`` of a GRU b_z = b_r = ``update_bias_init`` (the bias
+    ablation's init); ``bias_mode="frozen-zero"`` then sets b_z = b_r = 0 with b_n trainable. In
+    software they are frozen here (:func:`soensim.constraints.freeze_biases`: neither the gradient
+    nor AdamW's weight decay moves them); under a profile :func:`apply_hardware` freezes them.
     """
     tmax = cfg.chrono_tmax if cfg.chrono_tmax is not None else float(seq_len)
     rnn = build_layer(cfg.cell, input_size, cfg.hidden, batch_first=True, gate=cfg.gate, chrono_tmax=tmax,
                       orthogonal_hh=cfg.orthogonal_hh)
-    if cfg.cell == "gru" and cfg.gate == "-":
-        for block in ("r", "z"):
+    lay = layout(rnn)
+    gated = (lay.reset_block, lay.decay_block)  # GRU r, z
+    if lay.core == "gru" and cfg.gate == "-":
+        for block in gated:
             gate_init.set_bias(rnn, block, cfg.update_bias_init)
     if cfg.bias_mode == "frozen-zero":
-        if cfg.cell != "gru":
+        if lay.core != "gru":
             raise ValueError("bias_mode='frozen-zero' (b_z = b_r = 0) is defined for GRU cells")
-        # The hook zeroes the rows' gradients; AdamW's decoupled decay keeps a zero at zero.
-        gate_init.freeze_biases(rnn, ("r", "z"), value=0.0)
+        if cfg.profile is None:
+            freeze_biases(rnn, {block: 0.0 for block in gated})
+        else:
+            for block in gated:
+                gate_init.set_bias(rnn, block, 0.0)
     return rnn
 
 
 def gate_statistics(rnn: nn.Module, x: Tensor, cell: str = "gru") -> dict[str, list[float]]:
     """Per-unit effective decay gate averaged over batch and time (``decay_gate``) and its
     time scale in steps, via :func:`gates.stats.gate_means`; empty for other layers."""
-    if not hasattr(rnn, "gate_blocks"):
+    if not isinstance(rnn, (GatedGRU, GatedLSTM)):
         return {}
     return {k: v.tolist() for k, v in gate_stats.gate_means(rnn, x).items()}
 
@@ -145,30 +171,29 @@ def hardware_update_bias(rnn: nn.Module, cfg: RunConfig) -> Tensor | None:
     """Decay-gate biases a hardware row freezes instead of the profile's design values:
     ``hw_bias="zero"`` → zeros (τ = Δt / ln 2 for a sigmoid gate), ``"init"`` → the layer's
     initial draw (e.g. chrono); ``"profile"`` → None (``constrain`` maps the profile's τ
-    values through the layer mechanism's ``bias_for_decay``)."""
+    values through the layout's ``decay``)."""
     if cfg.hw_bias == "profile":
         return None
-    rows = decay_rows(rnn, cfg.cell)
+    rows = decay_rows(rnn)
     if cfg.hw_bias == "zero":
         return torch.zeros(rows.stop - rows.start, dtype=torch.float64)
-    return (rnn.bias_ih_l0[rows] + rnn.bias_hh_l0[rows]).detach().double().clone()
+    return _first_decay_bias(rnn).detach().double().clone()  # type: ignore[union-attr]
 
 
-def apply_hardware(rnn: nn.Module, cfg: RunConfig, seq_len: int):
+def apply_hardware(rnn: nn.Module, cfg: RunConfig, seq_len: int) -> ConstraintReport:
     """Constrain the recurrent layer to ``cfg.profile`` with :func:`soensim.constraints.constrain`.
 
     The update-gate bias is frozen at the profile's τ values (for the cell at
     :func:`hardware_dt`, seeded by ``cfg.seed``) or at :func:`hardware_update_bias`; the
-    reset bias follows the profile (frozen at ``profile.reset_bias`` unless trainable);
-    weights |W| ≤ ``cfg.coupling_max`` (default: the profile's ``coupling_max``). The head
-    is a software read-out and stays unconstrained. Returns the ConstraintReport.
+    reset bias follows the profile (frozen at ``profile.reset_bias`` unless trainable; with
+    ``bias_mode="frozen-zero"`` frozen at 0); weights |W| ≤ ``cfg.coupling_max`` (default: the
+    profile's ``coupling_max``). The head is a software read-out and stays unconstrained.
     """
-    from soensim import HardwareProfile
-    from soensim.constraints import constrain
-
     profile = HardwareProfile.preset(cfg.profile)
     if cfg.coupling_max is not None:
         profile = profile.replace(coupling_max=cfg.coupling_max)
+    if cfg.bias_mode == "frozen-zero":
+        profile = profile.replace(reset_bias=0.0, trainable=profile.trainable - {"reset_bias"})
     return constrain(rnn, profile, dt=hardware_dt(cfg, seq_len), seed=cfg.seed,
                      update_bias=hardware_update_bias(rnn, cfg))
 

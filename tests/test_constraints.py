@@ -1,6 +1,6 @@
-"""Hardware constraints: frozen time constants, bounded and quantized couplings, check()."""
+"""Hardware constraints as transforms: frozen time constants, bounded and quantized couplings,
+freeze_biases, unconstrain. The rules (check) are tested in test_rules.py."""
 import copy
-import dataclasses
 import math
 
 import pytest
@@ -8,29 +8,24 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+import gates
 from soensim.constraints import (
-    RULES,
     ConstraintReport,
-    Violation,
     bounded,
     check,
     constrain,
-    excitatory_flux,
-    fan_in,
-    flux_window_excess,
+    freeze_biases,
     quantize,
     quantize_ste,
     unconstrain,
 )
+from soensim.layouts import Cell, gate_layout, layout
 from soensim.profiles import HardwareProfile
 from soensim.timescales import bias_to_tau, decay, tau_to_bias
 
-DENDRITE = HardwareProfile.preset("soen-dendrite")  # τ range, |J| ≤ 0.5, reset bias frozen at 0
+DENDRITE = HardwareProfile.preset("soen-dendrite").replace(flux_budget=None)  # τ range, |J| ≤ 0.5, b_r frozen 0
 FABRICATED = HardwareProfile.preset("soen-fabricated")  # 4 τ values, 16 levels
 SOFTWARE = HardwareProfile.preset("software")
-
-GRU_Z = slice(1, 2)  # block index of the update gate in r, z, n
-LSTM_F = slice(1, 2)  # block index of the forget gate in i, f, g, o
 
 
 def rows(block: int, h: int) -> slice:
@@ -46,11 +41,11 @@ def effective(module: nn.Module) -> dict[str, torch.Tensor]:
         return {n: getattr(module, n).detach().clone() for n in names}
 
 
-def plain_copy(module: nn.RNNBase) -> nn.RNNBase:
-    """An unconstrained module of the same configuration holding the effective values."""
+def plain_copy(module: nn.Module) -> nn.RNNBase:
+    """A torch nn.GRU/nn.LSTM of the same configuration holding the effective values."""
     kw = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
               bidirectional=module.bidirectional)
-    if isinstance(module, nn.LSTM):
+    if isinstance(module, gates.GatedLSTM):
         ref = nn.LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **kw)
     else:
         ref = nn.GRU(module.input_size, module.hidden_size, **kw)
@@ -73,14 +68,26 @@ def manual_gru(x, h, w_ih, w_hh, b_ih, b_hh):
     return torch.stack(outs)
 
 
+def _train(model, opt, steps=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(6, 4, model.input_size, generator=gen)
+        out = model(x)[0]
+        loss = (out - 0.9).pow(2).mean() + out.abs().sum() * 1e-3
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 # --------------------------------------------------------------------- time constants
-@pytest.mark.parametrize("cls, block", [(nn.GRU, 1), (nn.LSTM, 1), (nn.GRUCell, 1), (nn.LSTMCell, 1)])
-def test_decay_biases_equal_tau_to_bias_exactly(cls, block):
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM, nn.GRUCell, nn.LSTMCell])
+def test_decay_biases_equal_tau_to_bias_exactly(cls):
     torch.manual_seed(0)
-    H = 12
+    H, block = 12, 1  # update (r, z, n) / forget (i, f, g, o)
     m = cls(3, H)
-    report = constrain(m, DENDRITE, seed=7)
     sfx = "_l0" if isinstance(m, nn.RNNBase) else ""
+    m = gates.convert(m)  # nn.GRU/nn.LSTM: the equivalent gates layer; cells stay as they are
+    report = constrain(m, DENDRITE, seed=7)
     taus = DENDRITE.unit_taus(H, 7)
     want = tau_to_bias(taus, DENDRITE.dt).float()
     b_ih, b_hh = getattr(m, "bias_ih" + sfx), getattr(m, "bias_hh" + sfx)
@@ -94,8 +101,8 @@ def test_decay_biases_equal_tau_to_bias_exactly(cls, block):
 
 
 def test_design_examples_from_physics_notes():
-    # DESIGN §3.1: dt = 0.1 ns, τ = 10 ns → b ≈ 4.60, 1 µs → 9.21 (the range ends)
-    m = nn.GRU(1, 64)
+    # docs/physics.md: dt = 0.1 ns, τ = 10 ns → b ≈ 4.60, 1 µs → 9.21 (the range ends)
+    m = gates.convert(nn.GRU(1, 64))
     constrain(m, DENDRITE)
     b = m.bias_ih_l0[64:128]
     assert b.min().item() == pytest.approx(4.600, abs=1e-3)
@@ -104,7 +111,7 @@ def test_design_examples_from_physics_notes():
 
 def test_unit_taus_reproducible_and_distinct_per_cell():
     H = 10
-    a, b, c = (nn.GRU(2, H, num_layers=2, bidirectional=True) for _ in range(3))
+    a, b, c = (gates.convert(nn.GRU(2, H, num_layers=2, bidirectional=True)) for _ in range(3))
     ra, rb = constrain(a, DENDRITE, seed=3), constrain(b, DENDRITE, seed=3)
     constrain(c, DENDRITE, seed=4)
     for sfx in ("_l0", "_l0_reverse", "_l1", "_l1_reverse"):
@@ -118,33 +125,24 @@ def test_unit_taus_reproducible_and_distinct_per_cell():
     assert all(torch.equal(ra.taus[k], rb.taus[k]) for k in ra.taus)
 
 
-def test_spread_and_discrete_values():
+def test_discrete_values_put_every_unit_on_a_fabricated_tau():
     H = 40
-    m, s = nn.GRU(1, H), nn.GRU(1, H)
+    m = gates.convert(nn.GRU(1, H))
     constrain(m, FABRICATED, seed=1)
-    rep = constrain(s, FABRICATED, seed=1, spread=True)
     t_m = bias_to_tau(m.bias_ih_l0[H:2 * H].double(), FABRICATED.dt)
-    # every unit sits on a fabricated value (float32 bias rounding only)
     rel = (t_m[:, None] / torch.tensor(FABRICATED.tau_values, dtype=torch.float64) - 1).abs().amin(1)
-    assert rel.max() < 1e-5
-    t_s = rep.taus["<model>.l0"]
-    assert torch.equal(t_s, FABRICATED.unit_taus(H, 1, spread=True))
-    assert not torch.equal(t_s, FABRICATED.unit_taus(H, 1))
-    assert check(s, FABRICATED, seed=1, spread=True) == []
-    # the spread sample is not the design: checked without spread it is flagged
-    rules = {v.rule for v in check(s, FABRICATED, seed=1)}
-    assert {"frozen_time_constant", "time_constant_range"} <= rules
+    assert rel.max() < 1e-5  # float32 bias rounding only
 
 
 def test_zero_update_bias_without_fabricated_taus_and_explicit_update_bias():
-    # papers/001 ablation: b_z and b_r fixed 0, b_n learnable, no physical τ
+    # the b_z = b_r = 0 ablation (Malandain 2026): b_n learnable, no physical τ
     ablated = HardwareProfile(name="ablated", dt=1.0, trainable={"weights", "candidate_bias"}, reset_bias=0.0)
-    m = nn.GRU(2, 5)
+    m = gates.convert(nn.GRU(2, 5))
     constrain(m, ablated)
     assert torch.equal(m.bias_ih_l0[:10], torch.zeros(10)) and torch.equal(m.bias_hh_l0[:10], torch.zeros(10))
     assert check(m, ablated) == []
     # explicit values win over the profile's τ
-    g = nn.GRU(2, 5)
+    g = gates.convert(nn.GRU(2, 5))
     ub = torch.linspace(-1, 1, 5)
     rep = constrain(g, DENDRITE, update_bias=ub)
     assert torch.equal(g.bias_ih_l0[5:10], ub) and torch.equal(g.bias_hh_l0[5:10], torch.zeros(5))
@@ -152,12 +150,12 @@ def test_zero_update_bias_without_fabricated_taus_and_explicit_update_bias():
     assert [v.rule for v in check(g, DENDRITE, update_bias=ub, rules=["frozen_time_constant"])] == []
     assert [v.rule for v in check(g, DENDRITE, rules=["frozen_time_constant"])] == ["frozen_time_constant"]
     with pytest.raises(ValueError, match="update_bias must be"):
-        constrain(nn.GRU(2, 5), DENDRITE, update_bias=torch.zeros(4))
+        constrain(gates.convert(nn.GRU(2, 5)), DENDRITE, update_bias=torch.zeros(4))
 
 
 def test_frozen_candidate_rows_lstm():
     prof = DENDRITE.replace(trainable=frozenset({"weights"}))
-    m = nn.LSTM(3, 6)
+    m = gates.convert(nn.LSTM(3, 6))
     constrain(m, prof)
     g = rows(2, 6)
     assert torch.equal(m.bias_ih_l0[g], torch.zeros(6)) and torch.equal(m.bias_hh_l0[g], torch.zeros(6))
@@ -165,23 +163,12 @@ def test_frozen_candidate_rows_lstm():
 
 
 # --------------------------------------------------------------------- training keeps the constraints
-def _train(model, opt, steps=5, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.randn(6, 4, model.input_size, generator=gen)
-        out = model(x)[0]
-        loss = (out - 0.9).pow(2).mean() + out.abs().sum() * 1e-3
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
 @pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM])
 @pytest.mark.parametrize("opt_name", ["Adam", "AdamW"])
 def test_large_lr_training_never_breaks_constraints(cls, opt_name):
     torch.manual_seed(1)
     H, J = 8, DENDRITE.coupling_max
-    m = cls(3, H, num_layers=2)
+    m = gates.convert(cls(3, H, num_layers=2))
     constrain(m, DENDRITE, seed=2)
     frozen_before = {n: t.clone() for n, t in effective(m).items() if n.startswith("bias")}
     raw_before = m.parametrizations.bias_ih_l0.original.detach().clone()
@@ -210,7 +197,7 @@ def test_large_lr_training_never_breaks_constraints(cls, opt_name):
 def test_quantized_training_stays_on_grid_and_ste_passes_gradient():
     torch.manual_seed(2)
     J, L = FABRICATED.coupling_max, FABRICATED.weight_levels
-    m = nn.GRU(3, 8)
+    m = gates.convert(nn.GRU(3, 8))
     constrain(m, FABRICATED)
     grid = torch.tensor([-J + 2 * J * k / (L - 1) for k in range(L)], dtype=torch.float64)
     opt = torch.optim.AdamW(m.parameters(), lr=1.0, weight_decay=0.1)
@@ -236,12 +223,27 @@ def test_ste_gradient_is_identity_and_quantize_is_exact():
     assert bounded(big, 0.3).abs().max().item() <= 0.3
 
 
+def test_quantize_toward_zero_never_grows_a_magnitude():
+    w = torch.tensor([-0.7, -0.3, -0.2, -0.01, 0.0, 0.02, 0.24, 0.26, 0.49, 3.0])
+    # odd L = 5: levels -0.5, -0.25, 0, 0.25, 0.5
+    assert quantize(w, 0.5, 5, toward_zero=True).tolist() == [-0.5, -0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.5]
+    # even L = 4: levels ±1/6, ±1/2, no zero level: below 1/6 the connection is absent (exactly 0)
+    q = quantize(w, 0.5, 4, toward_zero=True)
+    torch.testing.assert_close(q, torch.tensor([-0.5, -1 / 6, -1 / 6, 0, 0, 0, 1 / 6, 1 / 6, 1 / 6, 0.5]))
+    x = torch.randn(10_000, dtype=torch.float64)
+    for levels in (2, 7, 16):
+        q = quantize(x, 0.5, levels, toward_zero=True)
+        assert (q.abs() <= x.abs()).all() and (q * x >= 0).all()
+        on_grid = (q - quantize(q, 0.5, levels)).abs() < 1e-12
+        assert (on_grid | (q == 0)).all()
+
+
 # --------------------------------------------------------------------- forward uses the constrained weights
 def test_parametrized_gru_forward_equals_manual_gru():
     torch.manual_seed(3)
     H, J = 6, 0.1  # tight bound: most initial weights (|w| ≤ 1/√6 ≈ 0.41) change a lot
     prof = DENDRITE.replace(coupling_max=J, weight_levels=9)
-    m = nn.GRU(4, H)
+    m = gates.convert(nn.GRU(4, H))
     raw_w = m.weight_hh_l0.detach().clone()
     constrain(m, prof)
     x, h0 = torch.randn(7, 3, 4), torch.randn(1, 3, H)
@@ -252,7 +254,7 @@ def test_parametrized_gru_forward_equals_manual_gru():
     torch.testing.assert_close(hn[0], ref[-1], rtol=0, atol=1e-6)
     stale = manual_gru(x, h0[0], e["weight_ih_l0"], raw_w, e["bias_ih_l0"], e["bias_hh_l0"])
     assert (out - stale).abs().max() > 1e-2  # the raw weights would give a different answer
-    # after an optimizer step the forward sees the new weights (no stale _flat_weights)
+    # after an optimizer step the forward sees the new weights
     out.pow(2).mean().backward()
     torch.optim.SGD(m.parameters(), lr=5.0).step()
     e2 = effective(m)
@@ -285,7 +287,7 @@ def test_cells_use_constrained_weights(cls):
 )
 def test_stacked_and_bidirectional_forward_match_plain_copy(make):
     torch.manual_seed(4)
-    m = make()
+    m = gates.convert(make())
     constrain(m, FABRICATED)
     x = torch.randn(2, 9, 3)
     got = m(x)[0]
@@ -298,7 +300,7 @@ def test_stacked_and_bidirectional_forward_match_plain_copy(make):
 
 def test_bounded_start_equals_original_weights_and_clips_outliers():
     torch.manual_seed(5)
-    m = nn.GRU(3, 16)  # init |w| ≤ 1/4 < J_max = 0.5
+    m = gates.convert(nn.GRU(3, 16))  # init |w| ≤ 1/4 < J_max = 0.5
     with torch.no_grad():
         m.weight_ih_l0[0, 0] = 2.0
         m.weight_ih_l0[0, 1] = -0.5
@@ -314,7 +316,7 @@ def test_bounded_start_equals_original_weights_and_clips_outliers():
 # --------------------------------------------------------------------- unconstrain, copies, state
 def test_unconstrain_restores_plain_parameters_with_same_values():
     torch.manual_seed(6)
-    m = nn.GRU(3, 5, num_layers=2)
+    m = gates.convert(nn.GRU(3, 5, num_layers=2))
     rep = constrain(m, FABRICATED)
     opt = torch.optim.Adam(m.parameters(), lr=0.5)
     _train(m, opt, steps=3)
@@ -325,12 +327,11 @@ def test_unconstrain_restores_plain_parameters_with_same_values():
         y = m(x)[0]
     released = rep.remove()
     assert sorted(released) == sorted(eff)
-    assert type(m) is nn.GRU and not parametrize.is_parametrized(m)
+    assert type(m) is gates.GatedGRU and not parametrize.is_parametrized(m)
     assert sorted(n for n, _ in m.named_parameters()) == sorted(eff)
     for n, t in eff.items():
         assert torch.equal(getattr(m, n), t), n
         assert getattr(m, n) is raws[n]  # same Parameter object: the optimizer still holds it
-    assert all(w is getattr(m, n) for w, n in zip(m._flat_weights, m._flat_weights_names))
     with torch.no_grad():
         torch.testing.assert_close(m(x)[0], y, rtol=0, atol=0)
     assert check(m, FABRICATED) == []  # same values, still compliant
@@ -341,14 +342,14 @@ def test_unconstrain_restores_plain_parameters_with_same_values():
 
 def test_deepcopy_state_dict_and_dtype_moves():
     torch.manual_seed(7)
-    m = nn.GRU(3, 4)
+    m = gates.convert(nn.GRU(3, 4))
     constrain(m, FABRICATED)
     x = torch.randn(5, 2, 3)
     y = m(x)[0]
     y.sum().backward()
     c = copy.deepcopy(m)  # works after a forward (no transformed tensors cached on the module)
     torch.testing.assert_close(c(x)[0], y, rtol=0, atol=0)
-    fresh = nn.GRU(3, 4)
+    fresh = gates.convert(nn.GRU(3, 4))
     constrain(fresh, FABRICATED)
     fresh.load_state_dict(m.state_dict())
     torch.testing.assert_close(fresh(x)[0], y, rtol=0, atol=0)
@@ -359,7 +360,7 @@ def test_deepcopy_state_dict_and_dtype_moves():
 
 def test_weights_not_trainable_are_frozen():
     prof = DENDRITE.replace(trainable=frozenset({"candidate_bias"}))
-    m = nn.GRU(3, 4)
+    m = gates.convert(nn.GRU(3, 4))
     constrain(m, prof)
     before = effective(m)
     _train(m, torch.optim.AdamW(m.parameters(), lr=1.0, weight_decay=0.3), steps=3)
@@ -369,118 +370,41 @@ def test_weights_not_trainable_are_frozen():
     assert not torch.equal(after["bias_ih_l0"][8:], before["bias_ih_l0"][8:])
 
 
-# --------------------------------------------------------------------- check()
-def test_check_clean_on_constrained_models():
-    for prof in (DENDRITE, FABRICATED):
-        m = nn.Sequential()
-        m.add_module("rnn", nn.LSTM(3, 6, num_layers=2))
-        m.add_module("head", nn.Linear(6, 2))
-        constrain(m, prof, seed=5)
-        assert check(m, prof, seed=5) == []
-        assert not parametrize.is_parametrized(m.head)  # software readout stays free
-    assert set(RULES) >= {"coupling_bound", "frozen_time_constant", "time_constant_range", "quantization_levels",
-                          "excitatory_flux_window", "fan_in", "frozen_bias"}
+# --------------------------------------------------------------------- torch's RNN layers, errors
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM])
+def test_torch_rnn_layers_are_refused_with_the_conversion_named(cls):
+    m = nn.Sequential(cls(2, 3))
+    for fn in (lambda: constrain(m, DENDRITE), lambda: freeze_biases(m[0], {"f" if cls is nn.LSTM else "z": 0.0})):
+        with pytest.raises(ValueError, match=r"gates\.convert\(model\)") as err:
+            fn()
+        assert "\n" not in str(err.value) and f"torch.nn.{cls.__name__}" in str(err.value)
+    assert not parametrize.is_parametrized(m[0])
+    assert check(m, SOFTWARE) == []  # read-only users accept it
+    assert {v.rule for v in check(m, DENDRITE)} >= {"frozen_time_constant", "time_constant_range"}
+    gates.convert(m)
+    constrain(m, DENDRITE)
+    assert check(m, DENDRITE) == []
 
 
-def test_check_reports_named_violations_on_hand_broken_model():
-    H, J = 4, FABRICATED.coupling_max
-    m = nn.GRU(2, H)
-    constrain(m, FABRICATED, seed=0)
-    unconstrain(m)
-    with torch.no_grad():
-        m.weight_hh_l0[0, 0] = 0.8  # above J_max (and off the grid)
-        m.weight_ih_l0[1, 1] = 0.13  # inside the bound but off the 16-level grid (-0.5 + k/15)
-        m.bias_ih_l0[H] = 20.0  # z row: not the frozen design value, τ far above 1 µs
-        m.bias_hh_l0[0] = 0.3  # reset row: should be 0
-    got = {(v.parameter, v.rule) for v in check(m, FABRICATED)}
-    assert got == {
-        ("weight_hh_l0", "coupling_bound"),
-        ("weight_hh_l0", "quantization_levels"),
-        ("weight_ih_l0", "quantization_levels"),
-        ("bias_ih_l0", "frozen_time_constant"),
-        ("bias_ih_l0", "time_constant_range"),
-        ("bias_ih_l0", "frozen_bias"),
-    }
-    v = {x.rule: x for x in check(m, FABRICATED)}
-    assert isinstance(v["coupling_bound"], Violation)
-    assert v["coupling_bound"].value == pytest.approx(0.8) and v["coupling_bound"].limit == J
-    design = tau_to_bias(FABRICATED.unit_taus(H, 0)[0], FABRICATED.dt).item()
-    assert v["frozen_time_constant"].value == pytest.approx(20.0 - design, abs=1e-5)
-    assert v["time_constant_range"].value == pytest.approx(FABRICATED.dt / math.log1p(math.exp(-20.0)), rel=1e-6)
-    assert v["frozen_bias"].value == pytest.approx(0.3)
-    assert "1 of 4 units" in v["frozen_time_constant"].message
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        v["coupling_bound"].rule = "x"  # type: ignore[misc]
-    # rule selection
-    assert {x.rule for x in check(m, FABRICATED, rules=["coupling_bound"])} == {"coupling_bound"}
-    with pytest.raises(ValueError, match="known rules"):
-        check(m, FABRICATED, rules=["nope"])
-
-
-def test_check_flags_freely_trained_unconstrained_model():
-    torch.manual_seed(8)
-    m = nn.GRU(3, 8)
-    _train(m, torch.optim.Adam(m.parameters(), lr=0.5), steps=5)
-    rules = {v.rule for v in check(m, FABRICATED)}
-    assert {"coupling_bound", "quantization_levels", "frozen_time_constant", "time_constant_range", "frozen_bias"} <= rules
-    assert check(m, SOFTWARE) == []  # the software profile allows everything
-
-
-def test_flux_window_and_fan_in_functions_and_rules():
-    J = torch.tensor([[0.2, -0.3, 0.1], [0.5, 0.5, 0.0]])
-    assert torch.allclose(excitatory_flux(J, 0.7), torch.tensor([0.21, 0.70]))
-    assert torch.allclose(flux_window_excess(J, 0.7, 0.17), torch.tensor([0.21 - 0.33, 0.70 - 0.33]))
-    assert fan_in(J).tolist() == [3, 2]
-    assert fan_in(J, atol=0.15).tolist() == [2, 2]
-
-    class Soma(nn.Module):  # a SOEN-native layer exposing its couplings
-        s_max, phi_th = 0.7, 0.17
-
-        def __init__(self):
-            super().__init__()
-            self.J = nn.Parameter(J.clone())
-
-        def couplings(self):
-            return {"J": self.J}
-
-    net = nn.Sequential(Soma())
-    got = check(net, SOFTWARE)
-    assert [(v.parameter, v.rule) for v in got] == [("0.J", "excitatory_flux_window")]
-    assert got[0].value == pytest.approx(0.7) and got[0].limit == pytest.approx(0.33)
-    dense = torch.ones(3, 25) * 0.01
-    net[0].J = nn.Parameter(dense)
-    fi = check(net, SOFTWARE, max_fan_in=20)
-    assert [(v.rule, v.value, v.limit) for v in fi] == [("fan_in", 25.0, 20.0)]
-    # on a GRU: flux window applies to the recurrent matrix only; fan-in counts input + recurrent
-    g = nn.GRU(2, 30)
-    rules = {(v.parameter, v.rule) for v in check(g, SOFTWARE, s_max=0.7, phi_th=0.17, max_fan_in=20)}
-    assert rules == {("weight_hh_l0", "excitatory_flux_window"), ("weight_ih_l0 + weight_hh_l0", "fan_in")}
-
-
-# --------------------------------------------------------------------- errors
 def test_clear_errors():
     with pytest.raises(ValueError, match="no recurrent layer"):
         constrain(nn.Sequential(nn.Linear(2, 2)), DENDRITE)
-    with pytest.raises(ValueError, match="no recurrent layer"):
-        check(nn.Linear(2, 2), DENDRITE)
     with pytest.raises(TypeError, match="HardwareProfile.preset"):
         constrain(nn.GRU(2, 2), "soen-dendrite")
-    with pytest.raises(TypeError, match="HardwareProfile"):
-        check(nn.GRU(2, 2), {"dt": 1.0})
     with pytest.raises(TypeError, match="nn.Module"):
         constrain("model", DENDRITE)
     with pytest.raises(ValueError, match="no gate"):
         constrain(nn.RNN(2, 2), DENDRITE)
     with pytest.raises(ValueError, match="no biases"):
-        constrain(nn.GRU(2, 2, bias=False), DENDRITE)
+        constrain(gates.convert(nn.GRU(2, 2, bias=False)), DENDRITE)
     with pytest.raises(ValueError, match="dt must be"):
-        constrain(nn.GRU(2, 2), DENDRITE, dt=0.0)
-    m = nn.GRU(2, 2)
+        constrain(nn.GRUCell(2, 2), DENDRITE, dt=0.0)
+    m = gates.convert(nn.GRU(2, 2))
     constrain(m, DENDRITE)
     with pytest.raises(ValueError, match="already constrained"):
         constrain(m, DENDRITE)
     # an error leaves the model untouched
-    g = nn.GRU(2, 3)
+    g = gates.convert(nn.GRU(2, 3))
     parametrize.register_parametrization(g, "weight_hh_l0", nn.Identity())
     before = {n: p.detach().clone() for n, p in g.named_parameters()}
     with pytest.raises(ValueError, match="another transform"):
@@ -490,7 +414,7 @@ def test_clear_errors():
 
 
 def test_report_summary_and_no_op_profile():
-    m = nn.GRU(2, 3)
+    m = gates.convert(nn.GRU(2, 3))
     rep = constrain(m, SOFTWARE)
     assert isinstance(rep, ConstraintReport) and rep.transforms == () and not parametrize.is_parametrized(m)
     rep = constrain(m, FABRICATED)
@@ -498,34 +422,25 @@ def test_report_summary_and_no_op_profile():
     assert "soen-fabricated" in text and "bounded" in text and "quantized" in text and "frozen_rows" in text
 
 
-# --------------------------------------------------------------------- the gates layer contract
+# --------------------------------------------------------------------- layers declaring their own layout()
 def _logit(p):
     return torch.log(p) - torch.log1p(-p)
 
 
-class _SST:
+class _SSTDecay:
     """Squared-sigmoid decay: z = sigmoid(b)²."""
 
-    name = "SST"
+    def bias_for_tau(self, tau, dt):
+        return {"update": _logit(torch.sqrt(decay(tau, dt)))}
 
-    def bias_for_decay(self, z):
-        return _logit(torch.sqrt(z))
-
-
-class _Cumax:
-    name = "O"
-    leaky = False
-
-    def bias_for_decay(self, z):
-        raise NotImplementedError("cumax mixes units")
+    def tau_for_bias(self, bias, dt):
+        return -dt / torch.log(torch.sigmoid(bias).square())
 
 
 class ContractGRU(nn.Module):
-    """Minimal layer following the gates contract (attribute access every forward)."""
+    """Minimal layer declaring its layout (attribute access every forward)."""
 
-    decay_gate = "z"
-
-    def __init__(self, i, h, mechanism):
+    def __init__(self, i, h, mechanism="SST"):
         super().__init__()
         self.hidden_size, self.mechanism = h, mechanism
         self.weight_ih = nn.Parameter(torch.randn(3 * h, i) * 0.3)
@@ -534,18 +449,22 @@ class ContractGRU(nn.Module):
         self.bias_hh = nn.Parameter(torch.randn(3 * h) * 0.1)
         self.inner = nn.GRU(i, h)  # a child must not be constrained a second time
 
-    def gate_blocks(self):
-        return ("r", "z", "n")
+    def layout(self):
+        leaky = self.mechanism == "SST"
+        cells = (Cell(0, 0, "", "weight_ih", "weight_hh", "bias_ih", "bias_hh"),)
+        rows_ = {b: self.hidden_size for b in ("reset", "update", "candidate")}
+        return gate_layout("gru", self.hidden_size, rows_, cells, mechanism=self.mechanism, leaky=leaky,
+                           decay=_SSTDecay() if leaky else None)
 
     def forward(self, x):
         return manual_gru(x, torch.zeros(x.shape[1], self.hidden_size), self.weight_ih, self.weight_hh,
                           self.bias_ih, self.bias_hh)
 
 
-def test_contract_layer_uses_mechanism_bias_for_decay():
+def test_layout_layer_uses_its_decay_map():
     torch.manual_seed(9)
     H = 6
-    m = ContractGRU(2, H, _SST())
+    m = ContractGRU(2, H)
     rep = constrain(m, DENDRITE, seed=1)
     taus = DENDRITE.unit_taus(H, 1)
     want = _logit(torch.sqrt(decay(taus, DENDRITE.dt))).float()
@@ -553,23 +472,19 @@ def test_contract_layer_uses_mechanism_bias_for_decay():
     # the sharp-points identity: logit(√z) = tau_to_bias(2τ, dt)
     torch.testing.assert_close(want, tau_to_bias(2 * taus, DENDRITE.dt).float(), rtol=1e-6, atol=1e-5)
     assert rep.layers == ("<model>",) and not parametrize.is_parametrized(m.inner)
-    _train_contract(m)
+    opt = torch.optim.AdamW(m.parameters(), lr=1.0, weight_decay=0.5)
+    for _ in range(4):
+        loss = m(torch.randn(5, 3, 2)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     assert m.weight_hh.abs().max().item() <= DENDRITE.coupling_max
     assert torch.equal(m.bias_ih[H:2 * H], want)
     assert check(m, DENDRITE, seed=1) == []
 
 
-def _train_contract(m, steps=4):
-    opt = torch.optim.AdamW(m.parameters(), lr=1.0, weight_decay=0.5)
-    for _ in range(steps):
-        loss = m(torch.randn(5, 3, 2)).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
 def test_non_leaky_mechanism_is_refused_and_reported():
-    m = ContractGRU(2, 4, _Cumax())
+    m = ContractGRU(2, 4, "O")
     with pytest.raises(ValueError, match="not a leaky"):
         constrain(m, DENDRITE)
     assert not parametrize.is_parametrized(m)
@@ -581,14 +496,9 @@ def test_non_leaky_mechanism_is_refused_and_reported():
 
 
 # --------------------------------------------------------------------- gates.layers (GatedGRU / GatedLSTM)
-def _gates():
-    return pytest.importorskip("gates.layers")
-
-
 def _plain_gated(m):
     """An unconstrained gated layer of the same configuration holding m's effective values."""
-    layers = _gates()
-    cls = layers.GatedGRU if isinstance(m, layers.GatedGRU) else layers.GatedLSTM
+    cls = gates.GatedGRU if isinstance(m, gates.GatedGRU) else gates.GatedLSTM
     ref = cls(m.input_size, m.hidden_size, num_layers=m.num_layers, gate=m.gate, implementation=m.implementation)
     ref.load_state_dict(effective(m))
     return ref
@@ -597,12 +507,12 @@ def _plain_gated(m):
 @pytest.mark.parametrize("core, gate", [("gru", "-"), ("gru", "U"), ("gru", "UR"), ("gru", "SST"),
                                         ("lstm", "-"), ("lstm", "R"), ("lstm", "SST")])
 def test_gated_layers_freeze_design_biases_per_block(core, gate):
-    layers = _gates()
     H = 8
-    cls = layers.GatedGRU if core == "gru" else layers.GatedLSTM
+    cls = gates.GatedGRU if core == "gru" else gates.GatedLSTM
     m = cls(3, H, num_layers=2, gate=gate, seed=0)
     rep = constrain(m, DENDRITE, seed=4)
-    blocks, decay_block = m.gate_blocks(), m.decay_gate
+    lay = layout(m)
+    blocks, decay_block = lay.blocks, lay.decay_block
     for k in range(2):
         taus = DENDRITE.unit_taus(H, 4 + k)
         want = m.mechanism.bias_for_decay(decay(taus, DENDRITE.dt))
@@ -614,8 +524,9 @@ def test_gated_layers_freeze_design_biases_per_block(core, gate):
         torch.testing.assert_close(z_eff, decay(taus, DENDRITE.dt), rtol=0, atol=1e-6)
         if gate == "SST":  # sigmoid² gate: logit(√z) = tau_to_bias(2τ, dt)
             torch.testing.assert_close(b_ih[blocks[decay_block]], tau_to_bias(2 * taus, DENDRITE.dt).float())
-        elif gate in ("-", "U", "R", "UR"):
-            torch.testing.assert_close(b_ih[blocks[decay_block]], tau_to_bias(taus, DENDRITE.dt).float(), rtol=0, atol=1e-6)
+        else:
+            torch.testing.assert_close(b_ih[blocks[decay_block]], tau_to_bias(taus, DENDRITE.dt).float(),
+                                       rtol=0, atol=1e-6)
     if core == "gru":  # reset role not trainable in the preset
         assert torch.equal(m.bias_ih_l0[blocks["reset"]], torch.zeros(H))
     assert set(rep.taus) == {"<model>.l0", "<model>.l1"}
@@ -624,15 +535,14 @@ def test_gated_layers_freeze_design_biases_per_block(core, gate):
 
 @pytest.mark.parametrize("implementation", ["fused", "reference", "torch"])
 def test_gated_gru_training_keeps_constraints_on_every_path(implementation):
-    layers = _gates()
     torch.manual_seed(11)
     H, J = 8, FABRICATED.coupling_max
-    m = layers.GatedGRU(3, H, num_layers=2, gate="-", implementation=implementation, seed=1)
+    m = gates.GatedGRU(3, H, num_layers=2, gate="-", implementation=implementation, seed=1)
     constrain(m, FABRICATED, seed=2)
     x = torch.randn(6, 4, 3)
     # the forward really uses the constrained values (compare with a plain layer holding them)
     torch.testing.assert_close(m(x)[0], _plain_gated(m)(x)[0], rtol=0, atol=1e-6)
-    blocks = m.gate_blocks()
+    blocks = layout(m).blocks
     frozen = [blocks["update"], blocks["reset"]]
     start = effective(m)
     before = {n: t for n, t in start.items() if n.startswith("bias")}
@@ -657,12 +567,11 @@ def test_gated_gru_training_keeps_constraints_on_every_path(implementation):
 
 
 def test_gated_lstm_training_keeps_constraints():
-    layers = _gates()
     torch.manual_seed(12)
     H, J = 6, DENDRITE.coupling_max
-    m = layers.GatedLSTM(3, H, gate="UR", seed=3)
+    m = gates.GatedLSTM(3, H, gate="UR", seed=3)
     constrain(m, DENDRITE)
-    blocks = m.gate_blocks()
+    blocks = layout(m).blocks
     before = effective(m)["bias_ih_l0"].clone()
     _train(m, torch.optim.Adam(m.parameters(), lr=1.0, weight_decay=0.5), steps=5)
     after = effective(m)
@@ -671,23 +580,3 @@ def test_gated_lstm_training_keeps_constraints():
         assert torch.equal(after["bias_ih_l0"][blocks[block]], before[blocks[block]])
     assert not torch.equal(after["bias_ih_l0"][blocks["output"]], before[blocks["output"]])
     assert check(m, DENDRITE) == []
-
-
-@pytest.mark.parametrize("gate", ["O", "OM", "UM", "OR"])
-def test_gated_non_leaky_mechanisms_are_refused(gate):
-    layers = _gates()
-    m = layers.GatedGRU(2, 16, gate=gate, seed=0)
-    with pytest.raises(ValueError, match="not a leaky"):
-        constrain(m, DENDRITE)
-    assert not parametrize.is_parametrized(m)
-    rules = {v.rule for v in check(m, DENDRITE) if math.isnan(v.value)}
-    assert rules == {"frozen_time_constant", "time_constant_range"}
-
-
-def test_gated_unconstrained_training_is_flagged():
-    layers = _gates()
-    torch.manual_seed(13)
-    m = layers.GatedGRU(3, 8, gate="U", seed=2)
-    _train(m, torch.optim.Adam(m.parameters(), lr=0.5), steps=4)
-    rules = {v.rule for v in check(m, FABRICATED)}
-    assert {"coupling_bound", "quantization_levels", "frozen_time_constant", "time_constant_range", "frozen_bias"} <= rules

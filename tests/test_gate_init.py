@@ -1,4 +1,5 @@
-"""gates.init: initialisers and bias freezing on gates layers and on torch's own GRU/LSTM."""
+"""gates.init: initialisers on gates layers and on torch's own GRU/LSTM; bias freezing through
+soensim.constraints.freeze_biases (the one way: a FrozenRows transform) for the software ablation."""
 import math
 
 import pytest
@@ -6,22 +7,26 @@ import torch
 from scipy import stats
 from torch.nn.utils import parametrize
 
-from gates import GatedGRU, GatedLSTM
+from gates import GatedGRU, GatedLSTM, from_torch
 from gates import functional as F
-from gates.init import (chrono, chrono_, constant_, freeze_biases, layer_blocks, orthogonal_hh_, physical_tau,
-                        physical_tau_, set_bias, ugi_)
+from gates.init import chrono, chrono_, constant_, orthogonal_hh_, physical_tau, physical_tau_, set_bias, ugi_
+from soensim.constraints import freeze_biases
+from soensim.layouts import layout
 from soensim.timescales import decay, tau_to_bias
 
 D = torch.float64
 
 
-def test_layer_blocks_of_torch_layers():
-    assert list(layer_blocks(torch.nn.GRU(2, 5))) == ["reset", "update", "candidate"]
-    assert layer_blocks(torch.nn.LSTM(2, 5))["forget"] == slice(5, 10)
-    assert layer_blocks(torch.nn.GRUCell(2, 5))["candidate"] == slice(10, 15)
-    assert "refine" in layer_blocks(GatedGRU(2, 5, gate="UR"))
-    with pytest.raises(ValueError, match="GatedGRU/GatedLSTM or torch.nn.GRU"):
-        layer_blocks(torch.nn.RNN(2, 5))
+def test_blocks_come_from_the_layout_and_rnn_is_refused():
+    assert list(layout(torch.nn.GRU(2, 5)).blocks) == ["reset", "update", "candidate"]
+    assert layout(torch.nn.LSTM(2, 5)).blocks["forget"] == slice(5, 10)
+    assert layout(torch.nn.GRUCell(2, 5)).blocks["candidate"] == slice(10, 15)
+    assert "refine" in layout(GatedGRU(2, 5, gate="UR")).blocks
+    cell = torch.nn.GRUCell(2, 5)
+    set_bias(cell, "n", 0.25)  # the candidate rows 10:15 of a cell
+    assert (cell.bias_ih[10:15] == 0.25).all() and (cell.bias_hh[10:15] == 0).all()
+    with pytest.raises(TypeError, match="no gate to hold a time constant"):
+        constant_(torch.nn.RNN(2, 5))
 
 
 @pytest.mark.parametrize("make", [lambda: torch.nn.GRU(2, 8, num_layers=2), lambda: torch.nn.GRUCell(2, 8),
@@ -65,8 +70,8 @@ def test_ugi_on_nn_lstm_is_uniform():
     assert torch.equal(m.bias_ih_l0[:H], -m.bias_ih_l0[H:2 * H])  # b_i = -b_f
     assert (m.bias_hh_l0[:2 * H] == 0).all()
     ur = GatedGRU(2, 16, gate="R")
-    ugi_(ur)  # on a refine layer: b_r = -b_f (papers/002 appendix A)
-    bl = ur.gate_blocks()
+    ugi_(ur)  # on a refine layer: b_r = -b_f (Gu et al. 2020, arXiv:1910.09890, appendix A)
+    bl = ur.layout().blocks
     assert torch.equal(ur.bias_ih_l0[bl["refine"]], -ur.bias_ih_l0[bl["update"]])
 
 
@@ -98,7 +103,7 @@ def test_physical_tau_on_nn_gru_and_gated_layers():
     lstm = GatedLSTM(2, 3, gate="UR", num_layers=2).double()
     per_layer = torch.stack([taus, 2 * taus])
     physical_tau_(lstm, per_layer, dt)
-    bl = lstm.gate_blocks()
+    bl = lstm.layout().blocks
     torch.testing.assert_close(lstm.bias_ih_l1[bl["forget"]], tau_to_bias(2 * taus, dt), rtol=0, atol=0)
     assert (lstm.bias_ih_l0[bl["input"]] == 0).all()  # refine gate at r = 1/2
     with pytest.raises(ValueError, match="no per-unit decay bias"):
@@ -125,7 +130,7 @@ def test_orthogonal_on_nn_gru():
     orthogonal_hh_(m, torch.Generator().manual_seed(0))
     for k in range(2):
         w = getattr(m, f"weight_hh_l{k}")
-        for sl in layer_blocks(m).values():
+        for sl in layout(m).blocks.values():
             torch.testing.assert_close(w[sl] @ w[sl].T, torch.eye(16, dtype=D), rtol=0, atol=1e-10)
 
 
@@ -139,7 +144,7 @@ def _sgd_steps(m, steps=3, lr=0.5, opt=None):
 
 
 @pytest.mark.parametrize("make", [lambda: GatedGRU(2, 8, gate="U"), lambda: GatedGRU(2, 8),
-                                  lambda: torch.nn.GRU(2, 8, num_layers=2)])
+                                  lambda: from_torch(torch.nn.GRU(2, 8, num_layers=2))])
 def test_freeze_biases_holds_under_sgd_and_keeps_path(make):
     torch.manual_seed(0)
     m = make()
@@ -161,24 +166,49 @@ def test_freeze_biases_holds_under_sgd_and_keeps_path(make):
     assert m.bias_ih_l0.grad[:16].abs().sum() > 0
 
 
-def test_freeze_keeps_current_effective_value_and_weight_decay_caveat():
+def test_freeze_keeps_current_effective_value_under_adamw_weight_decay():
     torch.manual_seed(1)
     m = GatedLSTM(2, 6)
     eff = (m.bias_ih_l0 + m.bias_hh_l0).detach().clone()
-    freeze_biases(m, ["f", "i"])  # value None: keep the current effective values
+    freeze_biases(m, {"f": None, "i": None})  # value None: keep the current effective values
     fi = slice(0, 12)
     assert torch.equal(m.bias_hh_l0[fi], torch.zeros(12)) and torch.allclose(m.bias_ih_l0[fi], eff[fi])
     kept = m.bias_ih_l0[fi].detach().clone()
     # AdamW without weight decay on the biases keeps them ...
-    biases = [p for n, p in m.named_parameters() if n.startswith("bias")]
-    weights = [p for n, p in m.named_parameters() if n.startswith("weight")]
+    biases = [p for n, p in m.named_parameters() if "bias" in n]  # the frozen ones: parametrizations.*.original
+    weights = [p for n, p in m.named_parameters() if "bias" not in n]
+    assert len(biases) == 2 and len(weights) == 2
     opt = torch.optim.AdamW([{"params": weights}, {"params": biases, "weight_decay": 0.0}], lr=0.1,
                             weight_decay=0.5)
     _sgd_steps(m, opt=opt)
     assert torch.equal(m.bias_ih_l0[fi], kept)
-    # ... decoupled weight decay on them still moves them (the documented caveat)
+    # ... and so does decoupled weight decay on them: the rows are replaced in the forward pass
     _sgd_steps(m, opt=torch.optim.AdamW(m.parameters(), lr=0.1, weight_decay=0.5))
-    assert not torch.equal(m.bias_ih_l0[fi], kept)
+    assert torch.equal(m.bias_ih_l0[fi], kept) and torch.equal(m.bias_hh_l0[fi], torch.zeros(12))
+    assert not torch.equal(m.bias_ih_l0[12:], eff[12:])  # the free rows moved
+
+
+def test_adamw_weight_decay_cannot_move_frozen_rows():
+    torch.manual_seed(2)
+    m = GatedGRU(2, 8, gate="U")
+    handle = freeze_biases(m, {"z": torch.linspace(-2, 2, 8), "r": 0.5})
+    opt = torch.optim.AdamW(m.parameters(), lr=0.2, weight_decay=1.0)  # a large decay, on every tensor
+    for _ in range(5):
+        opt.zero_grad()
+        out, h = m(torch.randn(6, 3, 2))
+        (out.square().sum() + h.sum()).backward()
+        opt.step()
+    assert torch.equal(m.bias_ih_l0[8:16], torch.linspace(-2, 2, 8))
+    assert torch.equal(m.bias_ih_l0[:8], torch.full((8,), 0.5))
+    assert torch.equal(m.bias_hh_l0[:16], torch.zeros(16))
+    # the forward pass sees the frozen values: a reference step with them written by hand agrees
+    ref = GatedGRU(2, 8, gate="U", implementation="reference")
+    with torch.no_grad():
+        for name, _ in ref.named_parameters():
+            getattr(ref, name).copy_(getattr(m, name))
+    x = torch.randn(4, 2, 2)
+    torch.testing.assert_close(m(x)[0], ref(x)[0], rtol=1e-6, atol=1e-6)
+    assert set(handle.blocks) == {"update", "reset"}
 
 
 def test_init_refuses_parametrized_layers():
@@ -188,7 +218,15 @@ def test_init_refuses_parametrized_layers():
     m = GatedGRU(2, 8, gate="U")
     constrain(m, HardwareProfile.preset("soen-dendrite"))
     assert parametrize.is_parametrized(m, "bias_ih_l0")
-    with pytest.raises(ValueError, match="parametrized"):
+    with pytest.raises(ValueError, match="already constrained"):
         freeze_biases(m, {"z": 0.0})
     with pytest.raises(ValueError, match="parametrized"):
         constant_(m)
+    with pytest.raises(ValueError, match="parametrized"):
+        orthogonal_hh_(m)
+    frozen = GatedGRU(2, 8)
+    freeze_biases(frozen, {"z": 0.0})
+    with pytest.raises(ValueError, match="parametrized"):
+        ugi_(frozen)
+    with pytest.raises(ValueError, match=r"convert it first with gates.convert"):
+        freeze_biases(torch.nn.GRU(2, 8), {"z": 0.0})

@@ -1,5 +1,9 @@
 """gates.layers: GatedGRU/GatedLSTM against torch.nn.GRU/LSTM, every path, every mechanism."""
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -8,11 +12,13 @@ from torch.nn.utils import parametrize
 import gates.layers as L
 from gates import GATES, GatedGRU, GatedLSTM, build_layer
 from gates.mechanisms import get_mechanism
+from soensim.layouts import layout
 
 ALL = list(GATES)
-FUSED = [g for g in ALL if GATES[g].fused_mode]
-HAS_FUSED = L._has_fused("sigmoid")
-GRU_PATHS = ["auto", "torch", "reference"] + (["fused"] if HAS_FUSED else [])
+FUSED = [g for g in ALL if L.fused_available("gru", GATES[g].fused_mode)]
+#: The compiled CPU kernel loads in this process (else the fused path runs the generic backend).
+HAS_CPP = L.backend_for("cpu", torch.float64) == "cpp"
+GRU_PATHS = ["auto", "torch", "reference", "fused"]
 D = torch.float64
 
 
@@ -41,7 +47,7 @@ def test_standard_gru_equals_nn_gru_float64(impl, batch_first):
     o2, h2 = g(x, h0)
     torch.testing.assert_close(o2, o1, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(h2, h1, rtol=1e-12, atol=1e-12)
-    for a, b in zip(_grads(ref, o1, h1, (x, h0)), _grads(g, o2, h2, (x, h0))):
+    for a, b in zip(_grads(ref, o1, h1, (x, h0)), _grads(g, o2, h2, (x, h0)), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
@@ -57,7 +63,7 @@ def test_standard_gru_equals_nn_gru_float32(impl):
     o2, h2 = g(x, h0)
     torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(h2, h1, rtol=1e-5, atol=1e-5)
-    for a, b in zip(_grads(ref, o1, h1), _grads(g, o2, h2)):
+    for a, b in zip(_grads(ref, o1, h1), _grads(g, o2, h2), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
@@ -74,7 +80,7 @@ def test_standard_lstm_equals_nn_lstm(impl, dtype, tol):
     o2, s2 = g(x, hc)
     torch.testing.assert_close(o2, o1, rtol=tol, atol=tol)
     torch.testing.assert_close(s2[1], s1[1], rtol=tol, atol=tol)
-    for a, b in zip(_grads(ref, o1, s1), _grads(g, o2, s2)):
+    for a, b in zip(_grads(ref, o1, s1), _grads(g, o2, s2), strict=True):
         torch.testing.assert_close(b, a, rtol=10 * tol, atol=tol)
 
 
@@ -93,12 +99,12 @@ def test_unbatched_input_matches_nn():
     assert o.shape == (7, 5) and h.shape == (2, 5)
 
 
-@pytest.mark.skipif(not HAS_FUSED, reason="gates.kernels not available")
+@pytest.mark.skipif(not HAS_CPP, reason="the compiled CPU kernel does not build here (generic backend: see below)")
 @pytest.mark.parametrize("gate", FUSED)
 def test_fused_equals_reference(gate):
     torch.manual_seed(4)
     m = GatedGRU(3, 8, num_layers=2, gate=gate, seed=1).double()
-    assert m.resolved_implementation() == "fused"
+    assert m.resolved_implementation() == "fused" and L.backend_for("cpu", D) == "cpp"
     x = torch.randn(15, 4, 3, dtype=D)
     h0 = torch.randn(2, 4, 8, dtype=D)
     o1, h1 = m(x, h0)
@@ -108,7 +114,7 @@ def test_fused_equals_reference(gate):
     g2 = _grads(m, o2, h2)
     torch.testing.assert_close(o1, o2, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(h1, h2, rtol=1e-12, atol=1e-12)
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -145,7 +151,7 @@ def test_parameter_counts():
             assert gru == std_gru + H * (I + H + 2), gate  # the GRU gets its own refine block
         else:
             assert lstm == std_lstm and gru == std_gru, gate
-    # +1/C of the main gates' parameters on the LSTM (papers/002 §2.6)
+    # +1/C of the main gates' parameters on the LSTM (Gu et al. 2020, arXiv:1910.09890, §2.6)
     assert n(GatedLSTM(I, H, gate="OM")) - std_lstm == std_lstm * 2 / (4 * C)
     assert n(GatedLSTM(I, 64, gate="UM", master_chunk=8)) == n(torch.nn.LSTM(I, 64)) + 2 * 8 * (I + 64 + 2)
     with pytest.raises(ValueError, match="master_chunk"):
@@ -167,7 +173,7 @@ def test_default_init():
         for cls in (GatedGRU, GatedLSTM):
             m = cls(3, H, num_layers=2, gate=gate, seed=0)
             bound = 1 / math.sqrt(H)
-            blocks = m.gate_blocks()
+            blocks = m.layout().blocks
             written = m.mechanism.init_biases(
                 {b: torch.zeros(sl.stop - sl.start, dtype=D) for b, sl in blocks.items()})
             for k in range(2):
@@ -185,24 +191,24 @@ def test_default_init():
     lstm = GatedLSTM(2, 8)
     assert (lstm.bias_ih_l0[8:16] == 1).all() and (lstm.bias_hh_l0[8:16] == 0).all()
     ur = GatedGRU(2, 8, gate="UR", num_layers=2)
-    bl = ur.gate_blocks()
+    bl = ur.layout().blocks
     for k in range(2):
         b = getattr(ur, f"bias_ih_l{k}")
         torch.testing.assert_close(b[bl["refine"]], -b[bl["update"]])
     assert not torch.equal(ur.bias_ih_l0[bl["update"]], ur.bias_ih_l1[bl["update"]])  # drawn per layer
     c = GatedLSTM(2, 8, gate="C", chrono_tmax=20.0)
-    bl = c.gate_blocks()
+    bl = c.layout().blocks
     torch.testing.assert_close(c.bias_ih_l0[bl["input"]], -c.bias_ih_l0[bl["forget"]])
     assert (c.bias_ih_l0[bl["forget"]] <= math.log(19) + 1e-6).all()
 
 
 def test_orthogonal_hh_and_seed():
     m = GatedGRU(3, 16, gate="UR", orthogonal_hh=True, seed=7).double()
-    for sl in m.gate_blocks().values():
+    for sl in m.layout().blocks.values():
         w = m.weight_hh_l0[sl]
         torch.testing.assert_close(w @ w.T, torch.eye(16, dtype=D), rtol=0, atol=1e-6)
     a, b = GatedGRU(3, 16, gate="UR", seed=7), GatedGRU(3, 16, gate="UR", seed=7)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
     c = GatedGRU(3, 16, gate="UR", seed=8)
     assert not torch.equal(a.weight_hh_l0, c.weight_hh_l0)
@@ -210,15 +216,23 @@ def test_orthogonal_hh_and_seed():
     assert d.weight_hh_l0.dtype == D
 
 
+def _expected_path(core, gate):
+    fused = L.fused_available(core, GATES[gate].fused_mode)
+    if gate == "-":
+        return "fused" if fused and L.backend_for("cpu", torch.float32) == "cpp" else "torch"
+    return "fused" if fused else "reference"
+
+
 def test_dispatch():
+    assert FUSED == ["-", "C", "U", "R", "UR", "SST"]  # the GRU kernel's modes sigmoid, refine, sst
     for gate in ALL:
         m = GatedGRU(2, 32, gate=gate)
-        want = "fused" if (HAS_FUSED and GATES[gate].fused_mode) else ("torch" if gate == "-" else "reference")
-        if gate == "-" and HAS_FUSED and L.backend_for("cpu", torch.float32) != "cpp":
-            want = "torch"
-        assert m.resolved_implementation() == want, gate
+        assert m.resolved_implementation() == _expected_path("gru", gate), gate
         lstm = GatedLSTM(2, 32, gate=gate)
-        assert lstm.resolved_implementation() == ("torch" if gate == "-" else "reference")
+        assert lstm.resolved_implementation() == _expected_path("lstm", gate), gate
+    assert GatedLSTM(2, 32).resolved_implementation() == "torch"  # no fused LSTM core yet
+    assert GatedLSTM(2, 32, gate="UR").resolved_implementation() == "reference"
+    assert GatedGRU(2, 32, bidirectional=True).resolved_implementation() == "torch"
     with pytest.raises(ValueError, match="implementation='torch' supports gate '-' only"):
         GatedGRU(1, 4, gate="U", implementation="torch")
     with pytest.raises(ValueError, match="implementation='fused' needs a GRU core"):
@@ -284,8 +298,16 @@ def test_bad_arguments():
         GatedGRU(3, 0)
     with pytest.raises(ValueError, match="dropout"):
         GatedGRU(3, 4, dropout=1.0)
-    with pytest.raises(ValueError, match="bidirectional"):
-        GatedGRU(3, 4, bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional=True and proj_size > 0 run on implementation='torch'"):
+        GatedGRU(3, 4, bidirectional=True, gate="U")
+    with pytest.raises(ValueError, match="bidirectional=True and proj_size > 0 run on implementation='torch'"):
+        GatedLSTM(3, 4, proj_size=2, implementation="reference")
+    with pytest.raises(ValueError, match="bidirectional=True and proj_size > 0 run on implementation='torch'"):
+        GatedGRU(3, 4, bidirectional=True, implementation="fused")
+    with pytest.raises(ValueError, match="proj_size is an LSTM option"):
+        GatedGRU(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match=r"proj_size must be an int in \[0, hidden_size=4\)"):
+        GatedLSTM(3, 4, proj_size=4)
     with pytest.raises(ValueError, match=r"input must be \(T, B, 3\)"):
         GatedGRU(3, 4)(torch.randn(2, 5, 2, 3))
     with pytest.raises(ValueError, match="cell must be one of"):
@@ -297,4 +319,60 @@ def test_bad_arguments():
 def test_mechanism_is_bound_to_core():
     assert GatedGRU(2, 4, gate="R").mechanism == get_mechanism("R", "gru")
     assert GatedLSTM(2, 4, gate="R").mechanism == get_mechanism("R", "lstm")
-    assert GatedGRU(2, 4).decay_gate == "update" and GatedLSTM(2, 4).decay_gate == "forget"
+    assert GatedGRU(2, 4).layout().decay_block == "update" and GatedLSTM(2, 4).layout().decay_block == "forget"
+
+
+@pytest.mark.parametrize("gate", ALL)
+@pytest.mark.parametrize("cls", [GatedGRU, GatedLSTM])
+def test_layout_declares_the_mechanism_and_the_tensors(gate, cls):
+    m = cls(3, 32, num_layers=2, gate=gate)
+    lay = layout(m)
+    mech = m.mechanism
+    assert lay.core == mech.core and lay.mechanism == gate and lay.mode == mech.fused_mode
+    assert lay.leaky == mech.leaky and (lay.decay is mech if mech.leaky else lay.decay is None)
+    assert lay.refine_block == mech.refine_block and lay.decay_block == mech.decay_block
+    assert list(lay.blocks) == list(mech.block_rows(32))
+    names = [n for c in lay.cells for n in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)]
+    assert names == [n for n, _ in m.named_parameters()]
+    assert all(p.shape[0] == lay.rows for _, p in m.named_parameters())
+    lstm = layout(GatedLSTM(3, 8, num_layers=2, bidirectional=True, proj_size=4))
+    assert [c.suffix for c in lstm.cells] == ["_l0", "_l0_reverse", "_l1", "_l1_reverse"]
+    assert lstm.cells[3].weight_hr == "weight_hr_l1_reverse"
+
+
+def test_the_generic_backend_runs_the_fused_path():
+    """With SOENSIM_GRU_BACKEND=generic (a fresh process: the C++ library is not loaded) the
+    standard gate runs on torch's kernel and the other fused modes on the generic recurrence,
+    equal to the reference path."""
+    script = textwrap.dedent("""
+        import torch
+        import gates.layers as L
+        from gates import GATES, GatedGRU
+        D = torch.float64
+        assert L.backend_for("cpu", D) == "generic" and L.backend_for("cpu", torch.float32) == "generic"
+        assert GatedGRU(2, 8).resolved_implementation() == "torch"
+        for gate in GATES:
+            mode = GATES[gate].fused_mode
+            if not L.fused_available("gru", mode):
+                continue
+            m = GatedGRU(3, 8, num_layers=2, gate=gate, seed=1, implementation="auto" if gate != "-" else "fused")
+            m = m.double()
+            assert m.resolved_implementation() == "fused", gate
+            x, h0 = torch.randn(11, 4, 3, dtype=D), torch.randn(2, 4, 8, dtype=D)
+            runs = []
+            for impl in ("fused", "reference"):
+                m.implementation = impl
+                o, h = m(x, h0)
+                g = torch.autograd.grad((o ** 2).sum() + h.sin().sum(), list(m.parameters()))
+                runs.append((o, h, g))
+            (o1, h1, g1), (o2, h2, g2) = runs
+            torch.testing.assert_close(o1, o2, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(h1, h2, rtol=1e-12, atol=1e-12)
+            for a, b in zip(g1, g2):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+            print("ok", gate)
+    """)
+    env = {**os.environ, "SOENSIM_GRU_BACKEND": "generic"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [w for g in FUSED for w in ("ok", g)]

@@ -11,8 +11,19 @@ from hypothesis.extra.numpy import arrays
 from scipy import stats
 
 from gates import functional as F
-from gates.mechanisms import (BASE_BLOCKS, CHRONO_TMAX_PER_UNIT, GATES, chrono_bias, cumax, default_chrono_tmax,
-                              get_mechanism, refine, signed_squared_tanh, squared_sigmoid, ugi_bias)
+from gates.mechanisms import (
+    CHRONO_TMAX_PER_UNIT,
+    GATES,
+    chrono_bias,
+    cumax,
+    default_chrono_tmax,
+    get_mechanism,
+    refine,
+    signed_squared_tanh,
+    squared_sigmoid,
+    ugi_bias,
+)
+from soensim.layouts import TORCH_BLOCKS, Decay
 from soensim.timescales import decay, tau_to_bias
 
 ALL = list(GATES)
@@ -25,17 +36,18 @@ def test_registry_entries():
     assert ALL == ["-", "C", "O", "U", "R", "OM", "UM", "OR", "UR", "SST"]
     assert [g for g in ALL if GATES[g].leaky] == LEAKY
     want_mode = {"-": "sigmoid", "C": "sigmoid", "U": "sigmoid", "R": "refine", "UR": "refine", "SST": "sst",
-                 "O": None, "OM": None, "UM": None, "OR": None}
+                 "O": "cumax", "OM": "master_cumax", "UM": "master_sigmoid", "OR": "cumax_refine"}
     for g in ALL:
         m = GATES[g]
         assert m.name == g and m.description
-        assert m.fused_mode == want_mode[g], g
         for core in ("gru", "lstm"):
             mc = get_mechanism(g, core)
-            assert mc.core == core and mc.decay_block == {"gru": "update", "lstm": "forget"}[core]
+            assert mc.fused_mode == want_mode[g], (g, core)  # one mode name on both cores
+            assert isinstance(mc, Decay) and mc.decay_block == {"gru": "update", "lstm": "forget"}[core]
+            assert mc.core == core
             rows = mc.block_rows(32)
-            assert tuple(rows)[: len(BASE_BLOCKS[core])] == BASE_BLOCKS[core]
-            assert tuple(rows)[len(BASE_BLOCKS[core]):] == mc.extra_blocks
+            assert tuple(rows)[: len(TORCH_BLOCKS[core])] == TORCH_BLOCKS[core]
+            assert tuple(rows)[len(TORCH_BLOCKS[core]):] == mc.extra_blocks
     assert get_mechanism("UR", "gru").extra_blocks == ("refine",) and get_mechanism("UR", "gru").refine_block == "refine"
     assert get_mechanism("UR", "lstm").extra_blocks == () and get_mechanism("UR", "lstm").refine_block == "input"
     assert get_mechanism("OM", "lstm").block_rows(64, 16) == {"input": 64, "forget": 64, "cell": 64, "output": 64,
@@ -54,6 +66,8 @@ def test_registry_errors():
     for g in ("O", "OM", "UM", "OR"):
         with pytest.raises(ValueError, match="leaky gates: -, C, U, R, UR, SST"):
             get_mechanism(g, "lstm").bias_for_tau(1.0, 0.1)
+        with pytest.raises(ValueError, match="no per-unit decay bias"):
+            get_mechanism(g).tau_for_bias(torch.zeros(3), 0.1)
 
 
 # --------------------------------------------------------------------------- activations
@@ -141,7 +155,7 @@ def test_init_biases_per_mechanism(core):
     v, w = _init("U", core)
     u = torch.sigmoid(v[f])
     assert (u >= 1 / 64 - 1e-12).all() and (u <= 1 - 1 / 64 + 1e-12).all()
-    if core == "lstm":  # b_i = -b_f for chrono and UGI (papers/002 eq. 18, B.3)
+    if core == "lstm":  # b_i = -b_f for chrono and UGI (Gu et al. 2020, arXiv:1910.09890, eq. 18, B.3)
         for gate in ("C", "U"):
             v, w = _init(gate, core)
             assert w == {"forget", "input"} and torch.equal(v["input"], -v["forget"])
@@ -201,6 +215,12 @@ def test_bias_for_decay_reproduces_z(gate, core):
         torch.testing.assert_close(bt[k], b[k], rtol=1e-9, atol=1e-9)
     want = tau_to_bias(2 * taus, 1.0) if gate == "SST" else tau_to_bias(taus, 1.0)
     torch.testing.assert_close(bt[m.decay_block], want, rtol=0, atol=0)
+    # tau_for_bias inverts it on the decay block, float64 whatever the bias dtype
+    torch.testing.assert_close(m.tau_for_bias(bt[m.decay_block], 1.0), taus, rtol=1e-9, atol=0)
+    back = m.tau_for_bias(bt[m.decay_block].float(), 0.5)
+    assert back.dtype == D
+    torch.testing.assert_close(back, taus / 2, rtol=1e-5, atol=0)  # the same bias at half the step: τ/2
+    assert all(v.dtype == D for v in m.bias_for_tau(taus.float(), 1.0).values())
     assert torch.equal(m.bias_for_decay(0.5)[m.decay_block],
                        torch.logit(torch.tensor(math.sqrt(0.5) if gate == "SST" else 0.5, dtype=D)))
 
@@ -227,7 +247,7 @@ def _blk(rows, t, name):
 
 @pytest.mark.parametrize("gate", ALL)
 def test_lstm_step_equals_hand_written_equations(gate):
-    """papers/002: eq. 2-7 (standard), 12-15 and Listing 2 (refine), 19-23 (master), 28-29 (O), 34-37 (OR)."""
+    """Gu et al. 2020 (arXiv:1910.09890): eq. 2-7 (standard), 12-15 and Listing 2 (refine), 19-23 (master), 28-29 (O), 34-37 (OR)."""
     m = get_mechanism(gate, "lstm")
     I, H, B = 3, 8, 5
     rows, (w_ih, w_hh, b_ih, b_hh) = _params(m, I, H, 1)

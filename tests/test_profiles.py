@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from soensim.profiles import PRESETS, ROLES, HardwareProfile, ProfileError
+from soensim.constraints import excitatory_flux
+from soensim.dynamics import SOURCE_FIT, source_function
+from soensim.profiles import DENDRITE_BIAS_CURRENT, PRESETS, ROLES, HardwareProfile, ProfileError, flux_window_budget
 from soensim.timescales import tau_to_bias
 
 
@@ -49,6 +51,15 @@ def test_immutable():
         (dict(tau_spread=-0.1), "tau_spread"),
         (dict(coupling_max=0.0), "coupling_max"),
         (dict(coupling_max=math.nan), "coupling_max"),
+        (dict(coupling_max=math.inf), "coupling_max"),
+        (dict(flux_budget=0.0), "flux_budget"),
+        (dict(flux_budget=-0.4), "flux_budget"),
+        (dict(flux_budget=math.nan), "flux_budget"),
+        (dict(flux_budget=math.inf), "flux_budget"),
+        (dict(flux_budget="0.4"), "flux_budget"),
+        (dict(max_fan_in=0), "max_fan_in"),
+        (dict(max_fan_in=2.5), "max_fan_in"),
+        (dict(max_fan_in=True), "max_fan_in"),
         (dict(weight_levels=16), "weight_levels needs coupling_max"),
         (dict(coupling_max=0.5, weight_levels=1), "weight_levels"),
         (dict(coupling_max=0.5, weight_levels=4.0), "weight_levels"),
@@ -106,3 +117,32 @@ def test_unit_taus_discrete_set_and_spread():
     assert abs(rel.mean().item()) < 0.005
     with pytest.raises(ProfileError, match="no fabricated time constants"):
         HardwareProfile.preset("software").unit_taus(4)
+
+
+def test_flux_budget_and_fan_in_round_trip_json():
+    p = HardwareProfile(name="budget", dt=1e-10, coupling_max=0.3, flux_budget=0.75, max_fan_in=20)
+    q = HardwareProfile.from_json(p.to_json())
+    assert q == p and q.flux_budget == 0.75 and q.max_fan_in == 20
+    assert HardwareProfile().flux_budget is None and HardwareProfile().max_fan_in is None  # unbounded by default
+    assert json.loads(p.to_json())["flux_budget"] == 0.75
+
+
+def test_dendrite_flux_budget_comes_from_the_flux_window():
+    budget = HardwareProfile.preset("soen-dendrite").flux_budget
+    assert budget is not None and math.isfinite(budget) and budget > 0
+    assert budget == flux_window_budget(DENDRITE_BIAS_CURRENT)
+    i_b = DENDRITE_BIAS_CURRENT
+    s_max = i_b - SOURCE_FIT.C
+    # φ_th measured on the source function itself: ~0 below it, then g ∝ D^(1/N) rises steeply
+    # (g = 0.01 within 1e-3 Φ0 of the threshold)
+    phi = torch.linspace(0.0, 0.5, 50_001, dtype=torch.float64)
+    g = source_function(phi, torch.full_like(phi, i_b))
+    phi_th = phi[(g > 1e-2).nonzero()[0, 0]].item()
+    assert budget == pytest.approx((0.5 - phi_th) / s_max, abs=2e-3)
+    assert 0.3 < budget < 0.5  # φ_th(1.8) ≈ 0.18, s_max ≈ 0.74
+    # what the bound guarantees: any row with Σ|J| ≤ budget keeps Σ_{J>0} J·s_max inside 0.5 − φ_th
+    J = torch.rand(1000, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    J = J * budget / J.abs().sum(1, keepdim=True)
+    assert (excitatory_flux(J, s_max) <= 0.5 - phi_th + 2e-3 * s_max).all()
+    with pytest.raises(ValueError, match="i_b must exceed"):
+        flux_window_budget(1.0)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import gates.layers as L
-from gates import GateRecorder, GatedGRU, GatedLSTM
+from gates import GatedGRU, GatedLSTM, GateRecorder
 from gates.stats import decay_weight_norms, gate_means
 
 D = torch.float64
@@ -12,14 +12,14 @@ D = torch.float64
 def _manual_gru_gates(m, x, refine=False):
     """Per-step update (and effective) gates of a one-layer GRU written out by hand; x is (B, T, I)."""
     H = m.hidden_size
-    bl = m.gate_blocks()
+    bl = m.layout().blocks
     w_ih, w_hh, b_ih, b_hh = m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0
     h = torch.zeros(x.shape[0], H, dtype=x.dtype)
     fs, gs, rs = [], [], []
     for t in range(x.shape[1]):
         gi = x[:, t] @ w_ih.T + b_ih
         gh = h @ w_hh.T + b_hh
-        a = lambda k: gi[:, bl[k]] + gh[:, bl[k]]  # noqa: E731
+        a = lambda k, gi=gi, gh=gh: gi[:, bl[k]] + gh[:, bl[k]]  # noqa: E731
         r = torch.sigmoid(a("reset"))
         n = torch.tanh(gi[:, bl["candidate"]] + r * gh[:, bl["candidate"]])
         f = torch.sigmoid(a("update"))
@@ -123,7 +123,7 @@ def test_recording_changes_nothing_and_costs_nothing_when_off():
         o2, _ = m(x)
         g2 = torch.autograd.grad(o2.square().sum(), list(m.parameters()))
     torch.testing.assert_close(o1, o2, rtol=1e-12, atol=1e-12)
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert set(rec.stats()) == {"rnn.l0", "rnn.l1"}
     # off again: no recorder, no hooks, the fast path
@@ -141,6 +141,8 @@ def test_recorder_errors():
             GateRecorder(m).start()
     with pytest.raises(ValueError, match="GatedGRU/GatedLSTM"):
         gate_means(torch.nn.GRU(2, 3), torch.randn(4, 1, 2))
+    with pytest.raises(ValueError, match="unidirectional layers without proj_size"):
+        GateRecorder(GatedGRU(2, 3, bidirectional=True))
 
 
 def test_decay_weight_norms_on_nn_lstm():
@@ -148,6 +150,12 @@ def test_decay_weight_norms_on_nn_lstm():
     n = decay_weight_norms(m)
     assert n["W_h_decay_l0"] == pytest.approx(m.weight_hh_l0[4:8].norm().item())
     assert n["W_x_decay_l0"] == pytest.approx(m.weight_ih_l0[4:8].norm().item())
+    bi = torch.nn.GRU(2, 4, bidirectional=True)  # every cell, by its tag; the decay rows z = 4:8
+    n = decay_weight_norms(bi)
+    assert set(n) == {"W_h_decay_l0", "W_x_decay_l0", "W_h_decay_l0_reverse", "W_x_decay_l0_reverse"}
+    assert n["W_h_decay_l0_reverse"] == pytest.approx(bi.weight_hh_l0_reverse[4:8].norm().item())
+    cell = torch.nn.LSTMCell(2, 4)
+    assert decay_weight_norms(cell)["W_h_decay_cell"] == pytest.approx(cell.weight_hh[4:8].norm().item())
 
 
 def test_recorder_is_independent_of_kernels(monkeypatch):
