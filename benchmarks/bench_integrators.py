@@ -9,7 +9,7 @@ Examples::
 The model is :class:`soensim.dynamics.LeakyIntegrator` (``dh/dt = (n(t) - h)/τ``) with the
 fabricated time constants of the ``soen-dendrite`` profile (τ log-spaced over
 10 ns – 1 µs) at its step Δt = 0.1 ns, driven by a seeded random target held over each
-step. Both methods go through :func:`soensim.simulate.simulate`: ``"exact"`` is the closed
+step. Both methods go through :func:`soensim.simulate`: ``"exact"`` is the closed
 form ``h' = z·h + (1 - z)·n``; ``"dopri5"`` integrates every step as its own
 initial-value problem at ``--rtol``/``--atol``. Timings are the median (and min) of
 ``--repeats`` runs after one warm-up, the two methods interleaved so both see the same
@@ -31,7 +31,7 @@ import torch
 
 from soensim.dynamics import LeakyIntegrator
 from soensim.profiles import HardwareProfile
-from soensim.simulate import simulate
+from soensim.solvers import simulate
 
 
 def _sync(device: torch.device) -> None:

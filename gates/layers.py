@@ -122,16 +122,6 @@ class _GatedRNN(nn.Module):
                            leaky=m.leaky, mode=m.fused_mode, decay=m if m.leaky else None,
                            refine_block=m.refine_block)
 
-    # Kept only while soensim.transfer reads layers by these names instead of soensim.layout: delete both then.
-    def gate_blocks(self) -> dict[str, slice]:
-        """``layout().blocks`` as a dict."""
-        return dict(self.layout().blocks)
-
-    @property
-    def decay_gate(self) -> str:
-        """``layout().decay_block``."""
-        return self.mechanism.decay_block
-
     def _cell_params(self, c: Cell) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """(w_ih, w_hh, b_ih, b_hh) of cell ``c``, fetched now (honours parametrizations)."""
         b_ih = getattr(self, c.bias_ih) if c.bias_ih else None

@@ -1,7 +1,17 @@
-"""soensim: hardware-aware simulation and training of physical recurrent networks."""
+"""soensim: hardware-aware simulation and training of physical recurrent networks.
+
+The top level gathers the public entry points: the τ ↔ bias mapping (:mod:`soensim.timescales`),
+hardware profiles and constraints, the layer contract (:func:`layout`), the continuous-time
+models (:mod:`soensim.dynamics`) with the solver registry (:func:`simulate`, :data:`SOLVERS`),
+the SOEN layer, and the transfer of a trained GRU back to continuous time.
+"""
 from .constraints import check, constrain, unconstrain
+from .continuous_gru import ContinuousGRU, ContinuousLayer
+from .dynamics import Discretization, DrivenSystem, LeakyGatedUnit, LeakyIntegrator, SOENDendrite
+from .layouts import Layout, find_layers, layout
 from .profiles import PRESETS, HardwareProfile, ProfileError
-from .simulate import SOLVERS, simulate
+from .soen_layer import SOENLayer
+from .solvers import SOLVERS, get_solver, simulate
 from .timescales import (
     bias_to_tau,
     decay,
@@ -13,11 +23,14 @@ from .timescales import (
     timescale_steps,
     to_seconds,
 )
+from .transfer import to_continuous, transfer_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "SOLVERS", "HardwareProfile", "ProfileError", "bias_to_tau", "check", "constrain", "decay",
-    "from_seconds", "gate_timescale_steps", "one_minus_decay", "simulate", "soen_time_unit", "tau_to_bias",
-    "timescale_steps", "to_seconds", "unconstrain",
+    "PRESETS", "SOLVERS", "ContinuousGRU", "ContinuousLayer", "Discretization", "DrivenSystem", "HardwareProfile",
+    "Layout", "LeakyGatedUnit", "LeakyIntegrator", "ProfileError", "SOENDendrite", "SOENLayer", "bias_to_tau",
+    "check", "constrain", "decay", "find_layers", "from_seconds", "gate_timescale_steps", "get_solver", "layout",
+    "one_minus_decay", "simulate", "soen_time_unit", "tau_to_bias", "timescale_steps", "to_continuous",
+    "to_seconds", "transfer_model", "unconstrain",
 ]

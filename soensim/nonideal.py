@@ -3,7 +3,7 @@
 Each non-ideality is a pure function ``(model, value, seed) -> new model``: the input
 model is never modified (the result is a deep copy) and the same arguments give the
 same result. They act on *targets* — the modules that simulate a physical layer:
-:class:`~soensim.transfer.ContinuousGRU` (a transferred GRU) and
+:class:`~soensim.continuous_gru.ContinuousGRU` (a transferred GRU) and
 :class:`~soensim.soen_layer.SOENLayer`. A model without targets but with GRU-core
 layers (``torch.nn.GRU``, ``GatedGRU``) is first transferred with
 :func:`~soensim.transfer.transfer_model` at ``dt = 1`` (the exact integrator at the
@@ -45,7 +45,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .constraints import quantize
+from .constraints import FrozenRows, quantize
+from .layouts import owner, tensor
 
 #: Smallest factor ``1 + σ·ε`` a time constant may be scaled by (τ must stay > 0).
 MIN_TAU_FACTOR = 0.01
@@ -79,48 +80,50 @@ def prepare(model: nn.Module) -> nn.Module:
                          "(ContinuousGRU, SOENLayer, or a GRU-core layer to transfer)") from err
 
 
-def _get(m: nn.Module, path: str) -> Tensor:
-    obj: Any = m
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _owner(m: nn.Module, path: str) -> tuple[nn.Module, str]:
-    *mods, name = path.split(".")
-    obj: Any = m
-    for part in mods:
-        obj = getattr(obj, part)
-    return obj, name
-
-
 def set_weight(m: nn.Module, path: str, value: Tensor) -> None:
-    """Give the coupling ``path`` of ``m`` the effective value ``value`` (in place; removes any
-    parametrization on it first, keeping the parameter object)."""
-    owner, name = _owner(m, path)
-    if parametrize.is_parametrized(owner, name):
-        _own_class(owner)
-        parametrize.remove_parametrizations(owner, name, leave_parametrized=True)
+    """Give the coupling ``path`` of ``m`` the effective value ``value``, in place.
+
+    A plain parameter is overwritten. A parametrized one (e.g. the bound and quantization of a
+    :class:`~soensim.soen_layer.SOENLayer`) gets a final replacement appended to its chain
+    (:class:`~soensim.constraints.FrozenRows` over every entry), so the effective value is
+    exactly ``value`` whatever the transforms before it do. Appending touches only ``m``'s own
+    parametrization list; removing a parametrization would instead edit the class that
+    ``torch.nn.utils.parametrize`` shares between a module and its deep copies."""
+    module, name = owner(m, path)
     with torch.no_grad():
-        getattr(owner, name).copy_(value)
+        if parametrize.is_parametrized(module, name):
+            current = tensor(m, path)
+            value = value.to(dtype=current.dtype, device=current.device)
+            parametrize.register_parametrization(
+                module, name, FrozenRows(torch.ones(value.shape, dtype=torch.bool, device=value.device), value.clone()))
+        else:
+            getattr(module, name).copy_(value)
 
 
-def _own_class(module: nn.Module) -> None:
-    """Give a parametrized module a private copy of its class.
+#: Offset between the flux-noise and state-noise seeds of one target.
+STATE_NOISE_STREAM = 7_919
 
-    ``torch.nn.utils.parametrize`` keeps a parametrization's property on a per-instance
-    class, but ``copy.deepcopy`` shares that class between the copy and the original, so
-    removing a parametrization from the copy would delete the property from the original
-    too. A fresh class with the same members makes the removal local."""
-    cls = module.__class__
-    members = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
-    module.__class__ = type(cls.__name__, cls.__bases__, members)
+
+def noise_draws(flux_sigma: float, state_sigma: float, seed: int, flux_shape: tuple[int, ...],
+                state_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
+                ) -> tuple[Tensor | None, Tensor | None]:
+    """The per-step noise a target adds during a run: Gaussian flux noise of std ``flux_sigma``
+    (shape ``flux_shape``, e.g. ``(T, B, pre-activations)``) and state noise of std ``state_sigma``
+    (``state_shape``, ``(T, B, N)``); None where the std is 0. Each comes from its own generator
+    seeded from ``seed`` (the target's ``noise_seed``), so a noisy evaluation is reproducible."""
+    def draw(sigma: float, shape: tuple[int, ...], stream: int) -> Tensor | None:
+        if sigma <= 0:
+            return None
+        gen = torch.Generator(device=device).manual_seed(int(seed) + stream)
+        return sigma * torch.randn(shape, generator=gen, dtype=dtype, device=device)
+
+    return draw(flux_sigma, flux_shape, 0), draw(state_sigma, state_shape, STATE_NOISE_STREAM)
 
 
 def weights(m: nn.Module) -> dict[str, Tensor]:
     """Effective coupling matrices of a target, by name (detached)."""
     with torch.no_grad():
-        return {p: _get(m, p).detach().clone() for p in m.weight_names()}
+        return {p: tensor(m, p).detach().clone() for p in m.weight_names()}
 
 
 # =============================================================================
@@ -298,7 +301,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None =
         groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
     out = []
     for key, rs in groups.items():
-        row: dict[str, Any] = dict(zip(by, key))
+        row: dict[str, Any] = dict(zip(by, key, strict=True))
         for m in metrics:
             vals = [float(r[m]) for r in rs if m in r]
             if vals:
@@ -318,6 +321,7 @@ __all__ = [
     "flux_noise",
     "get_nonideality",
     "is_target",
+    "noise_draws",
     "prepare",
     "quantize_weights",
     "set_weight",

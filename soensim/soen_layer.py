@@ -1,4 +1,4 @@
-"""A trainable recurrent layer made of SOEN dendrites (DESIGN §3.2), nn.GRU-style.
+"""A trainable recurrent layer made of SOEN dendrites (docs/physics.md, "SOEN dendrite"), nn.GRU-style.
 
 State ``s`` ``(B, N)`` (loop currents, units of I_c). Per step of width ``dt`` the
 input ``x_k`` is held and
@@ -7,25 +7,27 @@ input ``x_k`` is held and
     s'  = z·s + (1 - z)·(γ₊/γ₋)·g(φ, i_b - s),       z = exp(-dt/τ)
 
 the exponential-Euler step of ``ds/dt = γ₊·g(φ, i_b - s) - γ₋·s`` with the source
-function ``g`` held over the step (:func:`soensim.dynamics.soen_step`). The physics
-lives in :class:`soensim.dynamics.SOENDendrite` (``self.cell``); this module adds the
-hardware profile and the training interface:
+function ``g`` held over the step (:func:`soensim.dendrite.soen_step`). The physics
+lives in :class:`soensim.dendrite.SOENDendrite` (``self.cell``); this module adds the
+hardware profile and the training interface (and declares the layer contract,
+:meth:`SOENLayer.layout`):
 
 * **time constants** fixed per unit from ``profile.unit_taus(N, seed)`` (seconds),
   never trained;
-* **couplings** ``J`` (N×N) and ``W_in`` (N×I) bounded ``|w| ≤ profile.coupling_max``
-  by :class:`soensim.constraints.BoundedWeight` (and quantized with
-  :class:`~soensim.constraints.QuantizedWeight` when the profile has ``weight_levels``);
-  trainable when the profile's roles include ``"weights"``;
+* **couplings** ``J`` (N×N) and ``W_in`` (N×I) under the profile's constraints, applied by
+  :func:`soensim.constrain` (the same transforms as for any layer): bounded
+  ``|w| ≤ profile.coupling_max``, each unit's ``Σ_j |W_in,ij| + |J_ij|`` within
+  ``profile.flux_budget``, quantized to ``weight_levels``, fan-in ``max_fan_in``; trainable
+  when the profile's roles include ``"weights"``;
 * **flux offsets** trainable when ``"flux_offset"`` is a trainable role, **bias
-  currents** ``i_b`` when ``"bias_current"`` is;
+  currents** ``i_b`` when ``"bias_current"`` is (others are frozen and get no gradient);
 * **gain** ``γ₊/γ₋ = τ/(β_L τ₀)`` (= r_j/r of the physical loop) is the same for every
   unit: β_L is set per unit as ``τ/(gain·τ₀)`` (a fixed leak resistance, L ∝ τ).
 
 The layer's output is the state trajectory ``s`` (what a read-out, e.g. a linear
 head, sees). ``forward`` trains by backpropagation through the discretization on any
 device; :meth:`SOENLayer.simulate` integrates the same ODE with a solver of
-:mod:`soensim.simulate` (e.g. dopri5) for checking: exponential Euler converges to it
+:data:`soensim.SOLVERS` (e.g. dopri5) for checking: exponential Euler converges to it
 at first order in ``dt``.
 """
 from __future__ import annotations
@@ -35,16 +37,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-from .constraints import BoundedWeight, QuantizedWeight, excitatory_flux
-from .dynamics import SOURCE_FIT, SOENDendrite, source_threshold
+from .constraints import constrain, excitatory_flux
+from .dendrite import SOENDendrite
+from .layouts import Cell, Layout, Param, tensor
+from .nonideal import noise_draws
 from .profiles import HardwareProfile
-from .simulate import simulate as _simulate
+from .solvers import simulate as _simulate
+from .source import SOURCE_FIT, source_threshold
 from .timescales import soen_time_unit
-
-#: Offset between the flux-noise and state-noise seeds.
-_STATE_STREAM = 7_919
 
 
 class SOENLayer(nn.Module):
@@ -71,9 +72,9 @@ class SOENLayer(nn.Module):
         tau0: natural time unit in seconds (default :func:`~soensim.timescales.soen_time_unit`).
         dtype, device: of the parameters.
 
-    Shapes: ``x`` ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``), ``h0`` ``(B, N)`` or
-    ``(1, B, N)``. ``forward`` returns ``(output, h_n)``: all states ``(T, B, N)`` and the
-    last ``(1, B, N)``, like ``torch.nn.GRU``.
+    Shapes: ``forward(input, hx=None)`` like ``torch.nn.GRU``: ``input`` ``(T, B, I)``
+    (``(B, T, I)`` with ``batch_first``), ``hx`` ``(B, N)`` or ``(1, B, N)``; returns
+    ``(output, h_n)``: all states ``(T, B, N)`` and the last ``(1, B, N)``.
     """
 
     def __init__(self, input_size: int, hidden_size: int, profile: HardwareProfile | str = "soen-dendrite", *,
@@ -111,27 +112,22 @@ class SOENLayer(nn.Module):
         if j_max is not None:
             lim = 0.999 * j_max
             w_in, J = w_in.clamp(-lim, lim), J.clamp(-lim, lim)
-        # start inside the monotone window: Σ_{J>0} J·s_max ≤ 0.9·(0.5 − φ_th) per unit (DESIGN §3.3)
+        # start inside the monotone window: Σ_{J>0} J·s_max ≤ 0.9·(0.5 − φ_th) per unit (docs/physics.md,
+        # "Hardware constraints")
         i_b_t = torch.as_tensor(i_b, dtype=torch.float64).expand(N)
         window = 0.9 * (0.5 - source_threshold(i_b_t))
         flux = excitatory_flux(J, (i_b_t - SOURCE_FIT.C).clamp_min(0.0))
         J = J * torch.where(flux > window, window / flux.clamp_min(1e-12), torch.ones_like(flux)).unsqueeze(1)
         self.cell = SOENDendrite(tau, N, beta_L=tau / (gain_t * tau0), i_b=i_b, J=J, phi_offset=phi_offset,
                                  J_in=w_in, tau0=tau0, dtype=dtype, device=device)
-        roles = profile.trainable
-        self.cell.J.requires_grad_("weights" in roles)
-        self.cell.J_in.requires_grad_("weights" in roles)
-        self.cell.phi_offset.requires_grad_("flux_offset" in roles)
-        self.cell.i_b.requires_grad_("bias_current" in roles)
-        if j_max is not None:
-            for name in ("J", "J_in"):
-                parametrize.register_parametrization(self.cell, name, BoundedWeight(j_max))
-                if profile.weight_levels is not None:
-                    parametrize.register_parametrization(self.cell, name, QuantizedWeight(j_max, profile.weight_levels))
+        # roles the profile never trains get no gradient (and no optimizer state) at all
+        for param in self.layout().params:
+            tensor(self, param.name).requires_grad_(param.role in profile.trainable)
         self.register_buffer("tau_scale", torch.ones(N, dtype=dtype, device=device))
         self.flux_noise = float(profile.flux_noise)
         self.state_noise = float(profile.state_noise)
         self.noise_seed = int(seed)
+        constrain(self, profile, seed=seed, dt=self.dt)
 
     # ------------------------------------------------------------------ views
     @property
@@ -163,13 +159,20 @@ class SOENLayer(nn.Module):
         """Upper bound of each unit's state: ``g`` vanishes once ``i_b - s`` falls to the fit's C."""
         return (self.cell.i_b.detach() - SOURCE_FIT.C).clamp_min(0.0)
 
-    def couplings(self) -> dict[str, Tensor]:
-        """Recurrent couplings for :func:`soensim.constraints.check` (with ``s_max``/``phi_th``)."""
-        return {"J": self.cell.J}
+    def layout(self) -> Layout:
+        """The layer contract (:func:`soensim.layout`): one block ``unit`` of N rows, the input and
+        recurrent couplings, the per-unit flux offsets and bias currents."""
+        n = self.hidden_size
+        return Layout(core="soen", hidden=n, blocks={"unit": slice(0, n)},
+                      cells=(Cell(0, 0, "", "cell.J_in", "cell.J"),),
+                      params=(Param("cell.J_in", "weights", "input"), Param("cell.J", "weights", "recurrent"),
+                              Param("cell.phi_offset", "flux_offset", "unit"),
+                              Param("cell.i_b", "bias_current", "unit")),
+                      mechanism="soen", leaky=True, mode=None, decay=None)
 
     def weight_names(self) -> tuple[str, ...]:
-        """Coupling matrices (for :mod:`soensim.nonideal`)."""
-        return ("cell.J", "cell.J_in")
+        """Coupling matrices (for :mod:`soensim.nonideal`): the layout's ``weights``."""
+        return tuple(p.name for p in self.layout().with_role("weights"))
 
     def scale_time_constants(self, factor: Tensor) -> None:
         """Multiply every unit's τ by ``factor`` (in place; β_L kept: a spread of the leak resistance)."""
@@ -179,35 +182,44 @@ class SOENLayer(nn.Module):
             self.tau_scale.mul_(f.to(self.tau_scale.dtype))
 
     # ------------------------------------------------------------------ running
-    def _layout(self, x: Tensor) -> Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"x must be {'(B, T, I)' if self.batch_first else '(T, B, I)'} with I={self.input_size}; "
-                             f"got {tuple(x.shape)}")
-        return x.transpose(0, 1) if self.batch_first else x
+    def _time_major(self, input: Tensor) -> Tensor:
+        if input.dim() != 3 or input.shape[-1] != self.input_size:
+            raise ValueError(f"input must be {'(B, T, I)' if self.batch_first else '(T, B, I)'} with "
+                             f"I={self.input_size}; got {tuple(input.shape)}")
+        return input.transpose(0, 1) if self.batch_first else input
 
-    def _h0(self, h0: Tensor | None, batch: int, like: Tensor) -> Tensor:
-        if h0 is None:
+    def _initial(self, hx: Tensor | None, batch: int, like: Tensor) -> Tensor:
+        if hx is None:
             return like.new_zeros(batch, self.hidden_size)
-        h = h0[0] if h0.dim() == 3 else h0
+        h = hx[0] if hx.dim() == 3 else hx
         if tuple(h.shape) != (batch, self.hidden_size):
-            raise ValueError(f"h0 must be ({batch}, {self.hidden_size}) or (1, {batch}, {self.hidden_size}); "
-                             f"got {tuple(h0.shape)}")
+            raise ValueError(f"hx must be ({batch}, {self.hidden_size}) or (1, {batch}, {self.hidden_size}); "
+                             f"got {tuple(hx.shape)}")
         return h.to(like.dtype)
 
     def _finish(self, out: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         return (out.transpose(0, 1) if self.batch_first else out), h.unsqueeze(0)
 
-    def forward(self, x: Tensor, h0: Tensor | None = None, *, substeps: int = 1,
+    def forward(self, input: Tensor, hx: Tensor | None = None, *, substeps: int = 1,
                 noise: bool = True) -> tuple[Tensor, Tensor]:
         """Exponential-Euler recurrence (differentiable): ``substeps`` steps of ``dt/substeps``
         per input step, the input held. Flux/state noise (``flux_noise``/``state_noise``,
-        seeded by ``noise_seed``) is drawn per input step when set and ``noise`` is true."""
+        seeded by ``noise_seed``) is drawn per input step when set and ``noise`` is true.
+
+        Args:
+            input: ``(T, B, I)``, or ``(B, T, I)`` with ``batch_first``.
+            hx: initial state ``(B, N)`` or ``(1, B, N)`` (units of I_c); zeros when None.
+
+        Returns:
+            ``(output, h_n)``: every state ``(T, B, N)`` (``(B, T, N)`` with ``batch_first``) and
+            the last ``(1, B, N)``.
+        """
         if isinstance(substeps, bool) or int(substeps) != substeps or substeps < 1:
             raise ValueError(f"substeps must be a positive integer; got {substeps}")
-        xs = self._layout(x)
+        xs = self._time_major(input)
         T, B = xs.shape[0], xs.shape[1]
         drives = self.cell.drive(xs.to(self.cell.phi_offset.dtype))  # W_in·x, (T, B, N)
-        s = self._h0(h0, B, drives)
+        s = self._initial(hx, B, drives)
         flux_eps, state_eps = self.noise_draws(T, B, drives.dtype, drives.device) if noise else (None, None)
         if flux_eps is not None:
             drives = drives + flux_eps
@@ -222,28 +234,23 @@ class SOENLayer(nn.Module):
         out = torch.stack(outs) if outs else drives.new_zeros(0, B, self.hidden_size)
         return self._finish(out, s)
 
-    def simulate(self, x: Tensor, h0: Tensor | None = None, method: str = "dopri5", **solver_options: Any
+    def simulate(self, input: Tensor, hx: Tensor | None = None, method: str = "dopri5", **solver_options: Any
                  ) -> tuple[Tensor, Tensor]:
-        """The same layer integrated by :func:`soensim.simulate.simulate` (input held over each
-        step, no noise). ``method``/``solver_options`` as there (``rtol``, ``atol``, ``substeps``)."""
-        xs = self._layout(x).to(self.cell.phi_offset.dtype)
-        s0 = self._h0(h0, xs.shape[1], xs)
+        """The same layer integrated by :func:`soensim.simulate` (input held over each step, no
+        noise); arguments and returns as :meth:`forward`, ``method``/``solver_options`` as
+        :func:`soensim.simulate` (``rtol``, ``atol``, ``substeps``)."""
+        xs = self._time_major(input).to(self.cell.phi_offset.dtype)
+        s0 = self._initial(hx, xs.shape[1], xs)
         states = _simulate(self.cell, xs, self.dt, method, s0, **solver_options)
         return self._finish(states[1:], states[-1])
 
     def noise_draws(self, T: int, B: int, dtype: torch.dtype | None = None,
                     device: Any = None) -> tuple[Tensor | None, Tensor | None]:
         """Flux-noise and state-noise draws ``(T, B, N)`` of :meth:`forward` (None where off)."""
-        dtype = dtype or self.cell.phi_offset.dtype
-        device = torch.device(device) if device is not None else self.cell.phi_offset.device
-        flux = state = None
-        if self.flux_noise > 0:
-            gen = torch.Generator(device=device).manual_seed(int(self.noise_seed))
-            flux = self.flux_noise * torch.randn(T, B, self.hidden_size, generator=gen, dtype=dtype, device=device)
-        if self.state_noise > 0:
-            gen = torch.Generator(device=device).manual_seed(int(self.noise_seed) + _STATE_STREAM)
-            state = self.state_noise * torch.randn(T, B, self.hidden_size, generator=gen, dtype=dtype, device=device)
-        return flux, state
+        shape = (T, B, self.hidden_size)
+        return noise_draws(self.flux_noise, self.state_noise, self.noise_seed, shape, shape,
+                           dtype or self.cell.phi_offset.dtype,
+                           device if device is not None else self.cell.phi_offset.device)
 
     def extra_repr(self) -> str:
         tau = self.cell.tau

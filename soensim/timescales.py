@@ -49,7 +49,7 @@ def soen_time_unit(critical_current: float = 100e-6, junction_resistance: float 
     """SOEN natural time unit τ₀ = Φ0 / (2π I_c r_j) in seconds.
 
     ``critical_current`` in amperes, ``junction_resistance`` in ohms. The defaults
-    (100 µA, 2.57 Ω) give τ₀ ≈ 1.28 ps, the value used in DESIGN §3.2.
+    (100 µA, 2.57 Ω) give τ₀ ≈ 1.28 ps (docs/physics.md, "SOEN dendrite").
     """
     if critical_current <= 0:
         raise ValueError(f"critical_current must be > 0 A; got {critical_current}")

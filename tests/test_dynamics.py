@@ -32,7 +32,7 @@ EPS = 1e-6
 
 
 def g_np(phi, i):
-    """DESIGN §3.2 fit, written from the formula with NumPy only."""
+    """The fit of docs/physics.md ("SOEN dendrite"), written from the formula with NumPy only."""
     phi, i = np.asarray(phi, float), np.asarray(i, float)
     d = A * np.maximum(i - C, EPS) ** K - B * (np.abs(np.cos(np.pi * phi)) + EPS) ** M
     return 1.0 / (1.0 + np.exp(-100.0 * d)) * np.maximum(d, EPS) ** (1.0 / N)
@@ -47,21 +47,22 @@ def t64(x):
 
 
 # ---------------------------------------------------------------- source function
-# (phi, i, g) evaluated by hand from the formula with Python's math module.
+# (phi, i, g): g computed once, independently of the code under test, with mpmath at 50 significant
+# digits from the fit on docs/physics.md ("SOEN dendrite": A..N above, eps = 1e-6), rounded to 17 digits.
 TABLE = [
-    (0.50, 1.7, 0.4921735377519233),
-    (0.50, 1.8, 0.5476800433953809),
-    (0.30, 1.8, 0.44795067835048724),
-    (0.35, 1.7, 0.43326674384794717),
-    (0.40, 1.5, 0.33791137404762434),
-    (0.25, 2.0, 0.5340148645769276),
-    (0.45, 1.4, 0.2961900159562954),
-    (0.10, 1.7, 1.7416123869905264e-08),
+    (0.50, 1.7, 0.49217353775192325),
+    (0.50, 1.8, 0.54768004339538089),
+    (0.30, 1.8, 0.44795067835048722),
+    (0.35, 1.7, 0.43326674384794706),
+    (0.40, 1.5, 0.33791137404762427),
+    (0.25, 2.0, 0.53401486457692762),
+    (0.45, 1.4, 0.29619001595629544),
+    (0.10, 1.7, 1.7416123869905201e-08),
 ]
 
 
 def test_source_function_tabulated_values():
-    phi, i, g = map(np.array, zip(*TABLE))
+    phi, i, g = map(np.array, zip(*TABLE, strict=True))
     out = source_function(t64(phi), t64(i)).numpy()
     np.testing.assert_allclose(out, g, rtol=1e-12, atol=0)
     np.testing.assert_allclose(g_np(phi, i), g, rtol=1e-12, atol=0)  # the reference agrees with the table
@@ -73,7 +74,7 @@ def test_source_function_matches_numpy_reference_on_grid():
 
 
 def test_source_function_design_values():
-    # DESIGN §3.2: i_b 1.7/1.8 -> g(0.5) ≈ 0.50/0.55, phi_th ≈ 0.22/0.17 (fit accuracy ~0.02)
+    # docs/physics.md, typical values: i_b 1.7/1.8 -> g(0.5) ≈ 0.50/0.55, phi_th ≈ 0.22/0.17 (fit accuracy ~0.02)
     g_half = source_function(t64([0.5, 0.5]), t64([1.7, 1.8]))
     assert g_half.tolist() == pytest.approx([0.50, 0.55], abs=0.01)
     assert source_threshold(t64([1.7, 1.8])).tolist() == pytest.approx([0.22, 0.17], abs=0.015)
@@ -101,6 +102,27 @@ def test_source_function_zero_below_threshold_and_rises_after(i):
     far_below = torch.linspace(0.0, th - 0.1, 200, dtype=F64)
     assert float(source_function(far_below, t64(i)).max()) < 1e-6
     assert float(source_function(t64(th + 0.05), t64(i))) > 0.1
+
+
+@pytest.mark.parametrize("i", [1.4, 1.5, 1.6, 1.7, 1.8, 1.9])
+def test_source_threshold_is_where_the_source_function_switches_on(i):
+    """Bisection on g itself (no closed form): on [0, 1/2] g rises monotonically through its value at
+    D = 0, sigmoid(0)·eps^(1/N); the flux where it does is the threshold."""
+    level = 0.5 * EPS ** (1 / N)
+    lo, hi = 0.0, 0.5
+    assert float(source_function(t64(lo), t64(i))) < level < float(source_function(t64(hi), t64(i)))
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(source_function(t64(mid), t64(i))) < level else (lo, mid)
+    # the closed form drops eps (which shifts D by about B*M*eps): agreement to ~1e-5
+    assert float(source_threshold(t64(i))) == pytest.approx(0.5 * (lo + hi), abs=1e-5)
+
+
+def test_source_function_grows_with_the_bias_current():
+    phi = torch.linspace(0.3, 0.7, 41, dtype=F64)
+    g = torch.stack([source_function(phi, t64(i)) for i in (1.5, 1.6, 1.7, 1.8, 1.9, 2.0)])
+    assert bool((g.diff(dim=0) > 0).all())
+    assert float(g.min()) > 0 and float(g.max()) < 1
 
 
 def test_source_threshold_limits():
@@ -321,7 +343,7 @@ def test_gated_unit_init_is_seeded():
     a = LeakyGatedUnit(2, 3, 1.0)
     torch.manual_seed(5)
     b = LeakyGatedUnit(2, 3, 1.0)
-    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert na == nb and torch.equal(pa, pb)
 
 

@@ -8,8 +8,9 @@ from torch import nn
 from gates import GatedGRU
 from soensim import nonideal as NI
 from soensim.constraints import quantize
+from soensim.continuous_gru import ContinuousGRU, ContinuousLayer
 from soensim.soen_layer import SOENLayer
-from soensim.transfer import ContinuousGRU, ContinuousLayer, max_abs_diff, to_continuous
+from soensim.transfer import max_abs_diff, to_continuous
 
 KINDS = ["tau_spread", "quantize", "clip", "flux_noise", "state_noise"]
 ACTIVE = {"tau_spread": 0.2, "quantize": 8, "clip": 0.05, "flux_noise": 0.3, "state_noise": 0.05}
@@ -178,3 +179,29 @@ def test_soen_layer_is_a_target():
     noisy = NI.flux_noise(layer, 0.05, seed=2)
     assert max_abs_diff(noisy(x)[0], NI.flux_noise(layer, 0.05, seed=2)(x)[0]) == 0
     assert max_abs_diff(noisy(x)[0], layer(x)[0]) > 0
+
+
+def test_changing_a_copy_of_a_parametrized_layer_leaves_the_original_untouched():
+    """The SOEN layer's couplings are parametrized (bound + 16 levels); torch shares a parametrized
+    module's class with its deep copies, so the copy's new values must not reach the original."""
+    layer = SOENLayer(2, 12, "soen-fabricated", dt=1e-9, seed=0, dtype=torch.float64)
+    x = torch.rand(6, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    J, y = layer.J.detach().clone(), layer(x)[0]
+    chains = {n: len(layer.cell.parametrizations[n]) for n in ("J", "J_in")}
+    for changed in (NI.quantize_weights(layer, 4, j_max=0.5), NI.clip_weights(layer, 0.01)):
+        assert max_abs_diff(changed.J, J) > 0.01 and max_abs_diff(changed(x)[0], y) > 0
+        assert torch.equal(layer.J, J) and max_abs_diff(layer(x)[0], y) == 0.0
+        assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+        assert {n: len(layer.cell.parametrizations[n]) for n in ("J", "J_in")} == chains
+    clipped = NI.clip_weights(layer, 0.01)
+    assert float(clipped.J.detach().abs().max()) <= 0.01 and float(clipped.W_in.detach().abs().max()) <= 0.01
+    kept = clipped.J.detach().clone()
+    # the original's own transforms still act: moving its raw weights keeps them on the 16-level grid,
+    # and leaves the copy as it was
+    with torch.no_grad():
+        layer.cell.parametrizations.J.original.add_(0.013)
+    grid = torch.linspace(-0.5, 0.5, 16, dtype=torch.float64)
+    assert not torch.equal(layer.J, J)
+    assert ((layer.J.reshape(-1, 1) - grid).abs().min(1).values < 1e-12).all()
+    assert torch.equal(clipped.J, kept)

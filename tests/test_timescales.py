@@ -24,7 +24,7 @@ dts = st.floats(min_value=1e-12, max_value=1e3, allow_nan=False)
 
 
 def test_design_examples():
-    # DESIGN §3.1: dt = 0.1 ns; tau = 10 ns, 250 ns, 1 us -> b ≈ 4.60, 7.82, 9.21.
+    # docs/physics.md worked numbers: dt = 0.1 ns; tau = 10 ns, 250 ns, 1 us -> b ≈ 4.60, 7.82, 9.21.
     b = tau_to_bias(torch.tensor([10e-9, 250e-9, 1e-6], dtype=torch.float64), 0.1e-9)
     assert b.tolist() == pytest.approx([4.600, 7.824, 9.210], abs=2e-3)
 

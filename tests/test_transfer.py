@@ -5,19 +5,13 @@ import pytest
 import torch
 from torch import nn
 
+import gates
 from gates import GatedGRU
-from soensim import HardwareProfile
+from soensim import HardwareProfile, simulate
 from soensim.constraints import constrain
-from soensim.simulate import simulate
-from soensim.transfer import (
-    ContinuousGRU,
-    ContinuousLayer,
-    gru_gates,
-    layer_weights,
-    max_abs_diff,
-    to_continuous,
-    transfer_model,
-)
+from soensim.continuous_gru import ContinuousGRU, ContinuousLayer, gru_gates
+from soensim.layouts import gate_layout, layout, rnn_cells
+from soensim.transfer import layer_weights, max_abs_diff, to_continuous, transfer_model
 
 LEAKY_GATES = ["-", "C", "U", "R", "UR", "SST"]
 
@@ -111,7 +105,7 @@ def test_fixed_step_solver_converges_to_exact():
 
 
 def test_simulate_registry_runs_the_continuous_gru():
-    """ContinuousGRU is a DrivenSystem: soensim.simulate's exact method is the discrete layer."""
+    """ContinuousGRU is a DrivenSystem: the exact method of soensim.simulate is the discrete layer."""
     gru = perturbed(nn.GRU(3, 5).double())
     x = x64(t=7, batch_first=False)
     cont = to_continuous(gru, dt=0.5)
@@ -132,7 +126,7 @@ def test_hold_input_exponential_euler_is_first_order():
     ref = cont.run(x, method="dopri5", rtol=1e-8, atol=1e-10)[0]
     ks = [2, 4, 8, 16]
     errs = [max_abs_diff(ref, cont.run(x, substeps=k)[0]) for k in ks]
-    orders = [math.log2(a / b) for a, b in zip(errs, errs[1:])]
+    orders = [math.log2(a / b) for a, b in zip(errs[:-1], errs[1:], strict=True)]
     assert all(0.8 < o < 1.2 for o in orders), orders
 
 
@@ -154,7 +148,7 @@ def test_vector_field_is_the_leaky_integrator():
 
 
 # --------------------------------------------------------------------------- hardware τ
-@pytest.mark.parametrize("make", [lambda: nn.GRU(2, 6, batch_first=True),
+@pytest.mark.parametrize("make", [lambda: gates.convert(nn.GRU(2, 6, batch_first=True)),
                                   lambda: GatedGRU(2, 6, batch_first=True, gate="UR", seed=0),
                                   lambda: GatedGRU(2, 6, batch_first=True, gate="SST", seed=0)],
                          ids=["nn.GRU", "UR", "SST"])
@@ -163,7 +157,7 @@ def test_frozen_bias_and_zero_update_rows_give_the_physical_tau(make):
     dt = 1e-9
     layer = make().double()
     report = constrain(layer, profile, dt=dt)
-    blocks = layer.gate_blocks() if hasattr(layer, "gate_blocks") else {"update": slice(6, 12)}
+    blocks = layout(layer).blocks
     with torch.no_grad():
         for name in ("weight_ih_l0", "weight_hh_l0"):
             orig = getattr(layer.parametrizations, name).original
@@ -189,6 +183,32 @@ def test_constrained_layer_is_read_through_its_transforms():
     assert max_abs_diff(w["weight_hh"], layer.weight_hh_l0) == 0
     x = torch.randn(2, 9, 2, dtype=torch.float64)
     assert max_abs_diff(layer(x)[0], to_continuous(layer, 1e-9).run(x)[0]) < 1e-10
+
+
+class PermutedGRU(nn.Module):
+    """An nn.GRU whose stacked rows are stored as (update, candidate, reset) and declared so by its layout."""
+
+    def __init__(self, gru: nn.GRU):
+        super().__init__()
+        H = gru.hidden_size
+        perm = torch.cat([torch.arange(H, 2 * H), torch.arange(2 * H, 3 * H), torch.arange(H)])
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            self.register_parameter(name, nn.Parameter(getattr(gru, name + "_l0").detach()[perm].clone()))
+        self.hidden_size = H
+
+    def layout(self):
+        H = self.hidden_size
+        return gate_layout("gru", H, {"update": H, "candidate": H, "reset": H}, rnn_cells(self, 0), mode="sigmoid")
+
+
+def test_rows_are_read_through_the_layout():
+    """The blocks the layout names, not torch's row order, decide which rows are which gate."""
+    gru = perturbed(nn.GRU(3, 5).double())
+    x = x64(t=6, batch_first=False)
+    permuted = PermutedGRU(gru)
+    w = layer_weights(permuted)
+    assert torch.equal(w["weight_hh"], gru.weight_hh_l0) and torch.equal(w["bias_ih"], gru.bias_ih_l0)
+    assert max_abs_diff(to_continuous(permuted).run(x)[0], gru(x)[0]) < 1e-12
 
 
 # --------------------------------------------------------------------------- errors

@@ -1,12 +1,13 @@
-"""Simulate a driven model over an input sequence held constant over each step.
+"""The solver registry :data:`SOLVERS` and :func:`simulate`, which runs a driven model over an
+input sequence held constant over each step.
 
-:func:`simulate` runs any :class:`~soensim.dynamics.DrivenSystem` over inputs
+:func:`simulate` runs any :class:`~soensim.driven.DrivenSystem` over inputs
 ``(T, B, D)``; input ``t`` is held (zero-order hold) over ``[t·dt, (t+1)·dt)``.
 The method is looked up by name in :data:`SOLVERS`:
 
 | kind | names | what it does |
 | --- | --- | --- |
-| exact | ``exact`` | the model's discrete update (:meth:`~soensim.dynamics.DrivenSystem.discretize`): exact for a leaky integrator, exponential Euler otherwise |
+| exact | ``exact`` | the model's discrete update (:meth:`~soensim.driven.DrivenSystem.discretize`): exact for a leaky integrator, exponential Euler otherwise |
 | adaptive | ``dopri5``, ``dopri8``, ``bosh3``, ``adaptive_heun`` | torchdiffeq, ``rtol``/``atol`` passed through |
 | fixed | ``rk4``, ``euler``, ``midpoint`` | torchdiffeq, ``substeps`` equal steps per input step |
 
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
-from .dynamics import DrivenSystem
+from .driven import DrivenSystem
 
 __all__ = ["SOLVERS", "Solver", "get_solver", "register_solver", "simulate"]
 
@@ -121,7 +122,7 @@ def simulate(
     """Run ``model`` over ``inputs`` held constant over each step of width ``dt``.
 
     Args:
-        model: a :class:`~soensim.dynamics.DrivenSystem` (LeakyIntegrator, LeakyGatedUnit,
+        model: a :class:`~soensim.driven.DrivenSystem` (LeakyIntegrator, LeakyGatedUnit,
             SOENDendrite, …).
         inputs: ``(T, B, D)`` sequence; ``inputs[t]`` acts over ``[t·dt, (t+1)·dt)``. Its dtype
             and device must match the model's parameters.
