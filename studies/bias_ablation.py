@@ -1,8 +1,9 @@
-"""Study ``scifar-bias``: the s-CIFAR GRU gate-bias ablation (papers/001) and its hardware extension.
+"""Study ``scifar-bias``: the s-CIFAR GRU gate-bias ablation of Malandain 2026
+("Ablation of Gate Biases in GRUs for s-CIFAR-10") and its hardware extension.
 
 Rows
 ----
-Software (papers/001):
+Software (Malandain 2026):
 
 - ``baseline``: standard GRU, b_z = b_r = +1 at init (in ``bias_ih`` only), all biases learnable;
 - ``ablated``: b_z = b_r frozen at 0, b_n learnable;
@@ -17,7 +18,7 @@ applied by :func:`soensim.constraints.constrain`:
   past J_max;
 - ``chrono-hw``: b_z frozen at its chrono draw (chrono as a choice of fabricated τ).
 
-Gate variants (software, papers/002 mechanisms on the same GRU): ``gate-U``, ``gate-R``,
+Gate variants (software; the mechanisms of Gu et al. 2020, arXiv:1910.09890, on the same GRU): ``gate-U``, ``gate-R``,
 ``gate-UR``, ``gate-SST``. (The ``-`` variant is ``baseline``.)
 
 The full preset adds a J_max sweep: ``<row>-hw-J<j>`` for j in 0.1, 0.25, 1.0 besides the
@@ -29,9 +30,10 @@ steps (``hw_dt = profile.dt · 1024 / T``), so the full 32×32 sequence uses Δt
 time constants keep the same ratio to the length of an image. ``--set hw_dt=SECONDS``
 chooses another.
 
-Images: grayscale (ITU-R 601 luma) unless ``channels=3``, downsampled by block averaging to
+Images: grayscale (ITU-R BT.601 luma) unless ``channels=3``, downsampled by block averaging to
 ``image_size``, scanned row by row (left to right, top to bottom), scaled to [0, 1] and
-standardized with the training split's mean and standard deviation. The validation split is
+standardized with the training split's mean and population standard deviation
+(:func:`studies.data.standardize`, the normalisation of every study). The validation split is
 a stratified draw of ``val_size`` images (as a per-class fraction) from the training set with a
 fixed seed (0), the same for every run; ``train_subset``/``test_subset`` keep ``n // 10``
 images per class, with the same fixed seed (:func:`studies.data.stratified_split` /
@@ -48,14 +50,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import data, grid, plots
+from . import cifar, data, grid, plots
+from .config import RunConfig
+from .errors import ConfigError, DataError
 from .models import build_model
-from .train import ArraySplit, ConfigError, RunConfig, TaskData
+from .taskdata import ArraySplit, TaskData
 
 NAME = "scifar-bias"
-DESCRIPTION = "s-CIFAR-10 GRU gate-bias ablation (papers/001), software vs SOEN hardware profile, gate variants"
+DESCRIPTION = "s-CIFAR-10 GRU gate-bias ablation (Malandain 2026), software vs SOEN hardware profile, gate variants"
 HW = "soen-dendrite"
 SPLIT_SEED = 0
+NUM_CLASSES = 10
 
 SOFTWARE_ROWS: dict[str, dict[str, Any]] = {
     "baseline": {"gate": "-", "bias_mode": "learnable"},
@@ -79,7 +84,7 @@ def _sweep() -> dict[str, dict[str, Any]]:
     return rows
 
 
-PAPER = dict(  # papers/001 protocol; batch size from papers/002 App. D (001 does not state it)
+PAPER = dict(  # Malandain 2026 protocol; batch size from Gu et al. 2020 App. D (the former does not state it)
     task="scifar", image_size=32, channels=1, hidden=181, head="linear", optimizer="adamw", lr=5e-4, lr_min=1e-5,
     weight_decay=0.01, schedule="cosine-epoch", epochs=40, batch_size=50, clip_norm=1.0, orthogonal_hh=True,
     val_size=5000, update_bias_init=1.0,
@@ -109,7 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": dict(PAPER),
         "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS, **_sweep()},
         "seeds": 1,
-        "notes": ("full: papers/001 protocol — grayscale 32×32 (1024 steps), GRU H=181 + linear head "
+        "notes": ("full: the protocol of Malandain 2026 — grayscale 32×32 (1024 steps), GRU H=181 + linear head "
                   "(101,732 parameters), orthogonal W_hh, AdamW lr 5e-4 cosine (per epoch) to 1e-5 over "
                   "40 epochs, weight decay 0.01, batch 50, clip 1.0; 45,000/5,000 train/validation split. "
                   "Hardware: soen-dendrite at Δt = 0.1 ns per pixel, J_max sweep 0.1/0.25/0.5/1.0."),
@@ -126,30 +131,22 @@ def build(cfg: RunConfig) -> tuple[nn.Module, TaskData]:
 
 
 # --------------------------------------------------------------------------- images
-def to_sequences(images: np.ndarray, size: int, channels: int, permute: bool = False) -> Tensor:
-    """Images (N, S, S, 3) uint8 → float sequences (N, size², channels) in [0, 1].
-
-    Grayscale/RGB conversion and the row-major scan are :func:`studies.data.to_sequences`;
-    downsampling to ``size`` (which must divide S) averages S/size × S/size blocks; then
-    ``permute`` applies the bit-reversal order of the ``size²`` positions.
-    """
+def image_sequences(images: np.ndarray, size: int, channels: int, permute: bool = False) -> Tensor:
+    """Images (N, S, S, 3) uint8 → float sequences (N, size², channels) in [0, 1], by
+    :func:`studies.data.to_sequences` (grayscale or RGB, ``size`` × ``size`` block averages,
+    row-major scan, then ``permute``'s bit-reversal order); a ``channels`` or ``image_size``
+    the images cannot give raises :class:`ConfigError` naming the field."""
     if channels not in (1, 3):
         raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels}")
-    n, side = images.shape[0], images.shape[1]
+    side = images.shape[1]
     if side % size:
         raise ConfigError(f"image_size {size} must divide the image side {side}")
-    x = torch.from_numpy(data.to_sequences(images, "gray" if channels == 1 else "rgb"))
-    if size != side:
-        grid_ = x.reshape(n, side, side, channels).permute(0, 3, 1, 2)
-        x = nn.functional.avg_pool2d(grid_, side // size).permute(0, 2, 3, 1).reshape(n, size * size, channels)
-    if permute:
-        x = x[:, torch.from_numpy(data.bit_reversal_permutation(size * size))]
-    return x.contiguous()
+    return torch.from_numpy(data.to_sequences(images, "gray" if channels == 1 else "rgb", permute, size=size))
 
 
 def fake_images(n: int, classes: int = 10, side: int = 32, seed: int = 1234,
                 pattern_seed: int = 99) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic RGB images (N, side, side, 3) uint8 and labels, as :func:`studies.data.load_cifar10`
+    """Synthetic RGB images (N, side, side, 3) uint8 and labels, as :func:`studies.cifar.load_cifar10`
     returns them: one smooth random pattern per class (fixed by ``pattern_seed``) plus noise
     (``seed``). Learnable in a few steps; for smoke tests without CIFAR.
     """
@@ -180,7 +177,7 @@ def image_task(cfg: RunConfig) -> TaskData:
         te_x, te_y = fake_images(200, seed=4321)
         source = "synthetic images (studies.bias_ablation.fake_images)"
     elif cfg.task == "scifar":
-        tr_x, tr_y, te_x, te_y, source = load_cifar10(cfg.data_dir)
+        tr_x, tr_y, te_x, te_y, source = _cifar10_arrays(cfg.data_dir)
     else:
         raise ConfigError(f"study {NAME} runs task 'scifar' or 'fake-images'; got {cfg.task!r}")
     train_idx, val_idx = split_indices(tr_y, cfg.val_size, cfg.train_subset)
@@ -188,48 +185,52 @@ def image_task(cfg: RunConfig) -> TaskData:
     if cfg.test_subset is not None:
         test_idx = data.stratified_subset(te_y, cfg.test_subset // len(np.unique(te_y)), SPLIT_SEED)
 
-    def seq(images: np.ndarray, idx: np.ndarray, chunk: int = 5000) -> Tensor:  # chunks bound the float copy
-        parts = [to_sequences(images[idx[i:i + chunk]], cfg.image_size, cfg.channels, cfg.permute)
+    def seq(images: np.ndarray, idx: np.ndarray, chunk: int = 5000) -> Tensor:  # chunks bound the uint8 copy
+        parts = [image_sequences(images[idx[i:i + chunk]], cfg.image_size, cfg.channels, cfg.permute)
                  for i in range(0, len(idx), chunk)]
         return torch.cat(parts) if parts else torch.zeros(0, cfg.image_size ** 2, cfg.channels)
 
-    x_train, x_val, x_test = seq(tr_x, train_idx), seq(tr_x, val_idx), seq(te_x, test_idx)
-    mean, std = (torch.from_numpy(v) for v in data.sequence_stats(x_train))
-    norm = lambda x: ((x - mean) / std).contiguous()  # noqa: E731
+    x_train, x_val, x_test = data.standardize(seq(tr_x, train_idx), seq(tr_x, val_idx), seq(te_x, test_idx))
     label = lambda y, idx: torch.from_numpy(np.asarray(y)[idx]).long()  # noqa: E731
-    train = ArraySplit(norm(x_train), label(tr_y, train_idx))
-    val = ArraySplit(norm(x_val), label(tr_y, val_idx)) if len(val_idx) else None
-    test = ArraySplit(norm(x_test), label(te_y, test_idx))
+    train = ArraySplit(x_train, label(tr_y, train_idx))
+    val = ArraySplit(x_val, label(tr_y, val_idx)) if len(val_idx) else None
+    test = ArraySplit(x_test, label(te_y, test_idx))
     T = cfg.image_size ** 2
-    return TaskData(train, val, test, objective="classify", num_outputs=10, input_size=cfg.channels, seq_len=T,
-                    info={"source": source, "train": len(train), "val": len(val) if val else 0, "test": len(test),
-                          "seq_len": T, "channels": cfg.channels, "permute": cfg.permute})
+    return TaskData(train, val, test, objective="classify", num_outputs=NUM_CLASSES, input_size=cfg.channels,
+                    seq_len=T, info={"source": source, "train": len(train), "val": len(val) if val else 0,
+                                     "test": len(test), "seq_len": T, "channels": cfg.channels,
+                                     "permute": cfg.permute})
 
 
-def load_cifar10(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
-    """CIFAR-10 train and test images (N, 32, 32, 3) uint8 and labels via :func:`studies.data.load_cifar10`
-    (``data_dir`` None → ``$SOENSIM_DATA_DIR``), kept in memory per process so that a grid run
-    in one process reads them once."""
-    root = data_dir or os.environ.get(data.DATA_ENV)
+def _cifar10_arrays(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """CIFAR-10 train and test images (N, 32, 32, 3) uint8 and labels via
+    :func:`studies.cifar.load_cifar10_splits` (``data_dir`` None → ``$SOENSIM_DATA_DIR``),
+    kept in memory per process so that a grid run in one process reads them once. A source
+    with other than :data:`NUM_CLASSES` classes is refused here, before any training."""
+    root = data_dir or os.environ.get(cifar.DATA_ENV)
     return _load_cifar10_cached(str(Path(root).resolve()) if root else None)
 
 
 @functools.lru_cache(maxsize=2)
 def _load_cifar10_cached(root: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
-    tr_x, tr_y = data.load_cifar10(root, "train")
-    te_x, te_y = data.load_cifar10(root, "test")
+    both = cifar.load_cifar10_splits(root)
+    classes = both["train"].info["classes"]
+    if len(classes) != NUM_CLASSES:
+        raise DataError(f"{both['train'].info['source']}: {len(classes)} classes ({', '.join(map(str, classes))}); "
+                        f"the s-CIFAR study needs the {NUM_CLASSES} CIFAR-10 classes")
+    (tr_x, tr_y), (te_x, te_y) = both["train"], both["test"]
     return tr_x, tr_y, te_x, te_y, f"CIFAR-10 from {root or './data'}"
 
 
 # --------------------------------------------------------------------------- report
 def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
-    """Figures of papers/001 (Figs. 1–2) plus W_hz growth, gate histograms, spike counts."""
+    """Figures of Malandain 2026 (Figs. 1–2) plus W_hz growth, gate histograms, spike counts."""
     sdir = Path(sdir)
     return {
         "test_accuracy": plots.curves(sdir, "test_acc", "test_accuracy.png", ylabel="test accuracy",
-                                      title="s-CIFAR test accuracy (papers/001 Fig. 1)"),
+                                      title="s-CIFAR test accuracy (Malandain 2026, Fig. 1)"),
         "train_loss": plots.curves(sdir, "train_loss", "train_loss.png", ylabel="training loss (epoch mean)",
-                                   title="training loss (papers/001 Fig. 2)"),
+                                   title="training loss (Malandain 2026, Fig. 2)"),
         "train_loss_steps": plots.curves(sdir, "loss", "train_loss_steps.png", source="steps", smooth=5,
                                          ylabel="training loss (sampled steps)", title="training loss per step"),
         "w_hz_norm": plots.curves(sdir, "w_hz_norm", "w_hz_norm.png", ylabel="‖W_hz‖_F",
@@ -242,5 +243,5 @@ def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
     }
 
 
-__all__ = ["DESCRIPTION", "NAME", "PRESETS", "build", "fake_images", "image_task", "load_cifar10", "notes", "report",
-           "row_names", "runs", "split_indices", "to_sequences"]
+__all__ = ["DESCRIPTION", "NAME", "PRESETS", "build", "fake_images", "image_task", "notes", "report",
+           "row_names", "runs", "image_sequences", "split_indices"]

@@ -3,64 +3,103 @@
     soensim-study list
     soensim-study run STUDY [--preset quick] [--out runs] [--data-dir DIR] [--seeds N]
                       [--rows a,b] [--launcher local|process|ray] [--workers N] [--set key=value ...]
+                      [--restart] [--no-report]
     soensim-study resume RUN_DIR
     soensim-study transfer RUN_DIR [RUN_DIR ...] [--out DIR] [--seeds N] [--eval-size N]
     soensim-study plot STUDY_DIR
     soensim-study summarize STUDY_DIR
 
-``run`` writes ``OUT/STUDY/PRESET/`` (see :mod:`studies.grid`), skips finished runs,
-then writes the results table and figures. Data is looked for in ``--data-dir``,
-else ``$SOENSIM_DATA_DIR``. ``--set`` overrides any :class:`studies.train.RunConfig`
-field for every run; an unknown key is an error that lists the known ones.
+``run`` writes ``OUT/STUDY/PRESET/`` (see :mod:`studies.grid`): finished runs of the same
+configuration are skipped and interrupted ones resumed; results recorded under another
+configuration are an error listing the fields that differ, unless ``--restart`` discards
+them. Then it writes the results table and figures. Data is looked for in ``--data-dir``,
+else ``$SOENSIM_DATA_DIR`` (either must exist). ``--set`` overrides any
+:class:`studies.config.RunConfig` field for every run (an unknown key is an error that
+lists the known ones); ``--set seed=S`` runs that one seed instead of ``--seeds``.
+
+Exit codes
+    0: everything finished; 1: a run failed (its ``error.txt`` has the traceback) or an
+    unexpected internal error; 2: a mistake in the input or the environment — one line
+    naming the field or the file (``--debug`` or ``SOENSIM_DEBUG=1`` shows the traceback);
+    3: a run diverged (status ``"diverged"``: non-finite or exploding loss);
+    130 / 143: interrupted by Ctrl-C / SIGTERM — checkpoints stay resumable, and the same
+    command continues the runs.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, NoReturn, Sequence
 
 from . import grid
+from .cifar import DATA_ENV
+from .errors import ConfigError, StudyError
 from .registry import UnknownStudy, get_study, list_studies
-from .train import ConfigError
 
-DATA_ENV = "SOENSIM_DATA_DIR"
+DEBUG_ENV = "SOENSIM_DEBUG"
+EXIT_OK, EXIT_RUN_FAILED, EXIT_MISTAKE, EXIT_DIVERGED = 0, 1, 2, 3
+RESUME_HINT = "checkpoints are kept: run the same command again to continue"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not the usage block
+        self.exit(EXIT_MISTAKE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1; got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="soensim-study", description="Run and report soensim studies.")
-    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=f"show tracebacks (also ${DEBUG_ENV}=1)")
+    p = _Parser(prog="soensim-study", description="Run and report soensim studies.", parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sub.add_parser("list", help="list the studies, their presets and rows")
+    sub.add_parser("list", help="list the studies, their presets and rows", parents=[common])
 
-    r = sub.add_parser("run", help="run (or finish) a study grid, then write its table and plots")
+    r = sub.add_parser("run", help="run (or finish) a study grid, then write its table and plots", parents=[common])
     r.add_argument("study")
     r.add_argument("--preset", default="quick", help="smoke | quick | full (default: quick)")
     r.add_argument("--out", default="runs", help="output root; the study goes to OUT/STUDY/PRESET (default: runs)")
     r.add_argument("--data-dir", default=None, help=f"dataset folder (default: ${DATA_ENV})")
-    r.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default: the preset's)")
+    r.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds 0..N-1 (default: the preset's)")
     r.add_argument("--rows", default=None, help="comma-separated subset of the preset's rows")
     r.add_argument("--launcher", default="local", choices=sorted(grid.LAUNCHERS))
-    r.add_argument("--workers", type=int, default=1, help="parallel runs for the process/ray launchers")
+    r.add_argument("--workers", type=_positive_int, default=1, help="parallel runs for the process/ray launchers")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a RunConfig field for every run (repeatable)")
+    r.add_argument("--restart", action="store_true",
+                   help="discard what the selected runs' directories hold and train them again")
     r.add_argument("--no-report", action="store_true", help="skip the table and plots")
 
-    s = sub.add_parser("resume", help="continue one run from its checkpoint")
+    s = sub.add_parser("resume", help="continue one run from its checkpoint", parents=[common])
     s.add_argument("run_dir")
 
-    tr = sub.add_parser("transfer", help="move finished runs into continuous time and sweep non-idealities")
+    tr = sub.add_parser("transfer", help="move finished runs into continuous time and sweep non-idealities",
+                        parents=[common])
     tr.add_argument("run_dirs", nargs="+", help="run directories (each with config.json and checkpoint.pt)")
     tr.add_argument("--out", default=None, help="output folder (default: the first run's parent)")
-    tr.add_argument("--seeds", type=int, default=3, help="noise seeds per setting (default: 3)")
-    tr.add_argument("--eval-size", type=int, default=1000, help="test examples per evaluation (default: 1000)")
+    tr.add_argument("--seeds", type=_positive_int, default=3, help="noise seeds per setting (default: 3)")
+    tr.add_argument("--eval-size", type=_positive_int, default=1000,
+                    help="test examples per evaluation (default: 1000)")
 
-    pl = sub.add_parser("plot", help="(re)draw a study's figures")
+    pl = sub.add_parser("plot", help="(re)draw a study's figures", parents=[common])
     pl.add_argument("study_dir")
 
-    sm = sub.add_parser("summarize", help="(re)write and print a study's results table")
+    sm = sub.add_parser("summarize", help="(re)write and print a study's results table", parents=[common])
     sm.add_argument("study_dir")
     return p
 
@@ -72,7 +111,19 @@ def _cmd_list() -> int:
         for preset in presets:
             rows = mod.row_names(preset)
             print(f"  {preset:<6} {len(rows)} rows × {mod.PRESETS[preset].get('seeds', 1)} seed(s): {', '.join(rows)}")
-    return 0
+    return EXIT_OK
+
+
+def _data_dir(flag: str | None) -> str | None:
+    """``--data-dir`` or ``$SOENSIM_DATA_DIR``, resolved; a path that does not exist is an
+    error (a mistyped folder is never created)."""
+    given, origin = (flag, "--data-dir") if flag else (os.environ.get(DATA_ENV), f"${DATA_ENV}")
+    if not given:
+        return None
+    path = Path(given).expanduser().resolve()
+    if not path.exists():
+        raise ConfigError(f"{origin} {given}: no such file or folder (create it first to download CIFAR-10 there)")
+    return str(path)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -80,75 +131,134 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.preset not in study.PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r} for {args.study}; known presets: {list(study.PRESETS)}")
     overrides = list(args.overrides)
-    data_dir = args.data_dir or os.environ.get(DATA_ENV)
+    data_dir = _data_dir(args.data_dir)
     if data_dir:
-        overrides.append(f"data_dir={Path(data_dir).resolve()}")
+        overrides.append(f"data_dir={data_dir}")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
     configs = study.runs(args.preset, seeds=args.seeds, overrides=overrides, rows=rows)
     sdir = grid.study_dir(args.out, args.study, args.preset)
     print(f"{args.study} [{args.preset}]: {len(configs)} runs → {sdir}", file=sys.stderr)
     t0 = time.perf_counter()
-    summaries = grid.run_grid(configs, sdir, launcher=args.launcher, workers=args.workers, study=args.study,
-                              preset=args.preset, extra={"overrides": overrides, "notes": study.notes(args.preset)})
-    wall = time.perf_counter() - t0
-    failed = [s for s in summaries if s.get("status") == "error"]
-    for s in failed:
-        print(f"run {s['run_id']} failed: {s.get('error')}", file=sys.stderr)
-    if not args.no_report:
-        _report(sdir)
-    print(f"wall time {wall:.1f} s; {len(summaries) - len(failed)}/{len(summaries)} runs done", file=sys.stderr)
-    return 1 if failed else 0
+    with grid.study_lock(sdir):
+        summaries = grid.run_grid(configs, sdir, launcher=args.launcher, workers=args.workers, study=args.study,
+                                  preset=args.preset, restart=args.restart,
+                                  extra={"overrides": overrides, "notes": study.notes(args.preset)})
+        wall = time.perf_counter() - t0
+        failed = [s for s in summaries if s.get("status") == "error"]
+        diverged = [s for s in summaries if s.get("status") == "diverged"]
+        for s in failed:
+            print(f"run {s['run_id']} failed: {s.get('error')}", file=sys.stderr)
+        for s in diverged:
+            print(f"run {s['run_id']} diverged: {s.get('reason') or 'see its events.jsonl'}", file=sys.stderr)
+        if not args.no_report:
+            _report(sdir)
+    done = len(summaries) - len(failed) - len(diverged)
+    print(f"wall time {wall:.1f} s; {done}/{len(summaries)} runs finished"
+          + (f", {len(diverged)} diverged" if diverged else "") + (f", {len(failed)} failed" if failed else ""),
+          file=sys.stderr)
+    return EXIT_RUN_FAILED if failed else EXIT_DIVERGED if diverged else EXIT_OK
 
 
 def _report(sdir: Path) -> None:
-    info = grid.read_study_file(sdir)
-    md, _ = grid.write_results(sdir)
-    try:
-        figs = get_study(info["study"]).report(sdir)
-    except UnknownStudy:
-        figs = {}
+    with grid.study_lock(sdir):
+        info = grid.read_study_file(sdir)
+        md, _ = grid.write_results(sdir)
+        try:
+            figs = get_study(info["study"]).report(sdir)
+        except UnknownStudy:
+            figs = {}
     print(md.read_text(encoding="utf-8"))
     for name, path in figs.items():
         if path is not None:
             print(f"figure {name}: {path}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "list":
-            return _cmd_list()
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "resume":
-            from .train import resume
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from .train import resume
 
-            summary = resume(args.run_dir)
-            print(f"{summary['run_id']}: {summary['status']} after {summary['epochs']} epochs")
-            return 0 if summary["status"] != "error" else 1
-        if args.command == "transfer":
-            from .transfer_study import transfer
+    summary = resume(args.run_dir)
+    print(f"{summary['run_id']}: {summary['status']} after {summary['epochs']} epochs")
+    return EXIT_DIVERGED if summary["status"] == "diverged" else EXIT_OK
 
-            result = transfer(args.run_dirs, args.out, seeds=args.seeds, eval_size=args.eval_size)
-            files = result["files"]
-            for name, path in (files.items() if isinstance(files, dict) else enumerate(files)):
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from .transfer_study import transfer
+
+    result = transfer(args.run_dirs, args.out, seeds=args.seeds, eval_size=args.eval_size)
+    for name, path in result["files"].items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def _cmd_plot_or_summarize(args: argparse.Namespace) -> int:
+    sdir = Path(args.study_dir)
+    with grid.study_lock(sdir):
+        if args.command == "summarize":
+            md, csv_path = grid.write_results(sdir)
+            print(md.read_text(encoding="utf-8"))
+            print(f"wrote {md} and {csv_path}", file=sys.stderr)
+        else:
+            info = grid.read_study_file(sdir)
+            for name, path in get_study(info["study"]).report(sdir).items():
                 print(f"{name}: {path}")
-            return 0
-        if args.command in ("plot", "summarize"):
-            sdir = Path(args.study_dir)
-            if args.command == "summarize":
-                md, csv_path = grid.write_results(sdir)
-                print(md.read_text(encoding="utf-8"))
-                print(f"wrote {md} and {csv_path}", file=sys.stderr)
-            else:
-                info = grid.read_study_file(sdir)
-                for name, path in get_study(info["study"]).report(sdir).items():
-                    print(f"{name}: {path}")
-            return 0
-    except (ConfigError, UnknownStudy, FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"soensim-study: error: {err}", file=sys.stderr)
-        return 2
-    return 2  # pragma: no cover - argparse requires a command
+    return EXIT_OK
 
 
-__all__ = ["main"]
+COMMANDS = {"list": lambda args: _cmd_list(), "run": _cmd_run, "resume": _cmd_resume, "transfer": _cmd_transfer,
+            "plot": _cmd_plot_or_summarize, "summarize": _cmd_plot_or_summarize}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that the same clean-up as for Ctrl-C runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _mistake_types() -> tuple[type[BaseException], ...]:
+    from soensim.profiles import ProfileError
+
+    return StudyError, ProfileError, UnknownStudy, OSError, ValueError
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err) or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see the module docstring)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a malformed command line (one line, exit code 2)
+        return int(done.code or 0)
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt as err:
+        if debug:
+            raise
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"soensim-study: {how}; {RESUME_HINT}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
+    except Exception as err:
+        if debug:
+            raise
+        if isinstance(err, _mistake_types()):
+            print(f"soensim-study: error: {_describe(err)}", file=sys.stderr)
+            return EXIT_MISTAKE
+        print(f"soensim-study: internal error: {type(err).__name__}: {_describe(err)} "
+              f"(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+__all__ = ["EXIT_DIVERGED", "EXIT_MISTAKE", "EXIT_OK", "EXIT_RUN_FAILED", "main"]

@@ -1,6 +1,7 @@
-"""Study ``gate-ablation``: copy and adding tasks across gate mechanisms (papers/002 §3.1, Figs. 3–4).
+"""Study ``gate-ablation``: copy and adding tasks across gate mechanisms (Gu et al. 2020,
+"Improving the Gating Mechanism of Recurrent Neural Networks", arXiv:1910.09890, §3.1, Figs. 3–4).
 
-Tasks (papers/002 §3.1, App. D.1):
+Tasks (Gu et al. 2020, §3.1, App. D.1):
 
 - copy, length N + 20: ten tokens from {1..8}, N blanks, ten cue tokens 9; the model
   outputs the ten tokens over the last ten steps; cross-entropy on those steps only
@@ -30,11 +31,13 @@ import torch
 from torch import nn
 
 from . import grid, plots
+from .config import RunConfig
+from .errors import ConfigError
 from .models import build_model
-from .train import ArraySplit, ConfigError, RunConfig, StreamSplit, TaskData
+from .taskdata import ArraySplit, StreamSplit, TaskData
 
 NAME = "gate-ablation"
-DESCRIPTION = "copy and adding tasks across gate mechanisms (papers/002 Figs. 3-4)"
+DESCRIPTION = "copy and adding tasks across gate mechanisms (Gu et al. 2020, arXiv:1910.09890, Figs. 3-4)"
 GATES = ("-", "C", "O", "U", "R", "OM", "UM", "OR", "UR", "SST")
 VAL_SEED, TEST_SEED = 10_001, 10_002
 
@@ -73,7 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": dict(PAPER),
         "rows": _rows({"seq_len": 500, "epochs": 100}, {"seq_len": 2000, "epochs": 20}),
         "seeds": 3,
-        "notes": ("full: papers/002 App. D.1 — LSTM hidden 256, Adam 1e-3, clip 1.0, batch 64 (not stated in the "
+        "notes": ("full: Gu et al. 2020, App. D.1 — LSTM hidden 256, Adam 1e-3, clip 1.0, batch 64 (not stated in the "
                   "paper); copy N=500 for 100k steps, adding N=2000 for 20k steps; 3 seeds."),
     },
 }
@@ -133,10 +136,10 @@ def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
     is_add: Callable[[str], bool] = lambda r: r.startswith("adding-")  # noqa: E731
     return {
         "copy_loss": plots.curves(sdir, "loss", "copy_loss.png", source="steps", logy=True, smooth=5, rows=is_copy,
-                                  ylabel="cross-entropy (last 10 steps)", title="copy task (papers/002 Fig. 3 left)",
+                                  ylabel="cross-entropy (last 10 steps)", title="copy task (Gu et al. 2020, Fig. 3 left)",
                                   hline=math.log(8)),
         "adding_loss": plots.curves(sdir, "loss", "adding_loss.png", source="steps", logy=True, smooth=5, rows=is_add,
-                                    ylabel="mean squared error", title="adding task (papers/002 Fig. 3 right)",
+                                    ylabel="mean squared error", title="adding task (Gu et al. 2020, Fig. 3 right)",
                                     hline=1 / 6),
         "copy_test_acc": plots.curves(sdir, "test_acc", "copy_test_accuracy.png", rows=is_copy,
                                       ylabel="token accuracy (test)", title="copy task accuracy"),

@@ -3,38 +3,56 @@
 Study directory layout (``--out OUT`` → ``OUT/<study>/<preset>/``)::
 
     study.json         study name, preset, seeds, overrides, the run ids in order
-    runs/<run_id>/     one run directory each (see :mod:`studies.train`)
+    runs/<run_id>/     one run directory each (see :mod:`studies.rundir`)
     results.md/.csv    the results table (``summarize``)
     plots/*.png        figures (``plot``)
+    .lock              held by the one process writing the study (:class:`studies.files.DirLock`)
 
-Run ids are ``<row>-s<seed>`` and must be unique in a grid. A run whose
-``summary.json`` exists is skipped, one with only a checkpoint is resumed, so
-re-running the same command finishes an interrupted grid.
+Run ids are ``<row>-s<seed>`` and must be unique in a grid. Before anything is written,
+every run directory is checked (:func:`studies.rundir.check_reuse`): a finished run of the
+same configuration is skipped, an interrupted one resumed, and results of another
+configuration stop the whole grid with an error listing what differs (``restart=True``
+discards them instead). So re-running the same command finishes an interrupted grid, and
+a changed command never mixes old and new results.
+
+Seeds: ``seeds=N`` runs seeds 0..N−1 (default: the preset's); an override ``seed=S`` runs
+that one seed instead (giving both is an error). ``row`` and ``study`` cannot be
+overridden: they name the runs.
 
 Launchers (registry :data:`LAUNCHERS`): ``local`` runs one after another in this
-process; ``process`` uses a pool of ``workers`` processes (spawned, each with
-``cpu_count // workers`` torch threads unless the config sets ``threads``);
-``ray`` submits each run as a Ray task asking for 1 GPU when the cluster has
+process; ``process`` uses a pool of ``workers`` spawned processes (each with
+``cpu_count // workers`` torch threads unless the config sets ``threads``; on Ctrl-C,
+SIGTERM or an error the pool's workers are terminated, their checkpoints stay
+resumable); ``ray`` submits each run as a Ray task asking for 1 GPU when the cluster has
 GPUs, else 1 CPU (``pip install 'soensim[ray]'``).
+
+Errors inside one run: a mistake of that run's own configuration (e.g. an unknown task)
+is recorded (``error.txt``, status ``"error"``) and the grid goes on; a problem of the
+environment or of the recorded files (:class:`OSError`, :class:`~studies.errors.DataError`,
+:class:`~studies.errors.RunDirError`) stops the grid.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .train import CONFIG_FILE, SUMMARY_FILE, RunConfig, parse_overrides, write_json_atomic, write_text_atomic
+from .config import RunConfig, parse_overrides
+from .errors import ConfigError, DataError, RunDirError
+from .files import DirLock, read_json, write_json_atomic, write_text_atomic
+from .rundir import ERROR_FILE, RunDir, check_reuse, clear, read_config, read_summary
+from .stats import mean_std
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
-ERROR_FILE = "error.txt"
+#: Errors that stop a grid instead of being recorded as one failed run.
+ENVIRONMENT_ERRORS = (OSError, DataError, RunDirError)
 
 Job = tuple[RunConfig, Path]
 
@@ -47,14 +65,25 @@ def run_dir(sdir: str | os.PathLike, cfg: RunConfig) -> Path:
     return Path(sdir) / RUNS_DIR / cfg.run_id
 
 
+def study_lock(sdir: str | os.PathLike) -> DirLock:
+    """The lock of a study directory's writer (a context manager)."""
+    return DirLock(sdir, "study directory")
+
+
 def make_grid(study: str, base: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]], row_names: Sequence[str],
               seeds: Sequence[int], overrides: Mapping[str, str] | Sequence[str] = ()) -> list[RunConfig]:
     """One RunConfig per (row, seed): preset ``base``, then the row's settings, then the
-    user's ``overrides`` (``key=value``, validated), then ``seed``. Unknown rows are an error."""
+    user's ``overrides`` (``key=value``, validated), then ``seed``. Unknown rows, or an
+    override of ``study``, ``row`` or ``seed``, are errors."""
     unknown = [r for r in row_names if r not in rows]
     if unknown:
-        raise ValueError(f"unknown rows {unknown} for study {study!r}; known rows: {list(rows)}")
+        raise ConfigError(f"unknown rows {unknown} for study {study!r}; known rows: {list(rows)}")
     user = parse_overrides(overrides)
+    for key in ("study", "row", "seed"):
+        if key in user:
+            raise ConfigError(f"{key} cannot be overridden for a grid: " +
+                              ("choose seeds with --seeds N or one --set seed=S" if key == "seed"
+                               else f"{key} names the runs (choose rows with --rows)"))
     configs = []
     for name in row_names:
         cfg = RunConfig(study=study, row=name, **{**base, **rows[name]})
@@ -69,15 +98,23 @@ def preset_grid(study: str, presets: Mapping[str, Mapping[str, Any]], preset: st
                 overrides: Mapping[str, str] | Sequence[str] = (), rows: Sequence[str] | None = None) -> list[RunConfig]:
     """The grid of a study preset ``{"base": {...}, "rows": {name: {...}}, "seeds": n}``.
 
-    ``seeds``: number of seeds 0..n-1 (default: the preset's); ``rows``: a subset of the
-    preset's rows (default: all, in preset order)."""
+    ``seeds``: number of seeds 0..n-1 (default: the preset's); an override ``seed=S`` runs
+    that single seed instead. ``rows``: a subset of the preset's rows (default: all, in
+    preset order)."""
     if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r} for study {study!r}; known presets: {list(presets)}")
+        raise ConfigError(f"unknown preset {preset!r} for study {study!r}; known presets: {list(presets)}")
     p = presets[preset]
-    n = p.get("seeds", 1) if seeds is None else seeds
-    if n < 1:
-        raise ValueError(f"seeds must be ≥ 1; got {n}")
-    return make_grid(study, p["base"], p["rows"], list(rows) if rows else list(p["rows"]), range(n), overrides)
+    user = parse_overrides(overrides)
+    if "seed" in user:
+        if seeds is not None:
+            raise ConfigError("give either --seeds N (seeds 0..N-1) or --set seed=S (that one seed), not both")
+        seed_list = [RunConfig(seed=user.pop("seed")).seed]
+    else:
+        n = p.get("seeds", 1) if seeds is None else seeds
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"seeds must be an integer ≥ 1; got {n!r}")
+        seed_list = list(range(n))
+    return make_grid(study, p["base"], p["rows"], list(rows) if rows else list(p["rows"]), seed_list, user)
 
 
 def preset_functions(study: str, presets: Mapping[str, Mapping[str, Any]]) -> tuple[
@@ -99,19 +136,21 @@ def preset_functions(study: str, presets: Mapping[str, Mapping[str, Any]]) -> tu
 
 
 def check_unique(configs: Sequence[RunConfig]) -> None:
-    seen: dict[str, RunConfig] = {}
+    seen: set[str] = set()
     for cfg in configs:
         if cfg.run_id in seen:
-            raise ValueError(f"duplicate run id {cfg.run_id!r} in the grid (rows must have unique names)")
-        seen[cfg.run_id] = cfg
+            raise ConfigError(f"duplicate run id {cfg.run_id!r} in the grid (rows must have unique names)")
+        seen.add(cfg.run_id)
 
 
 def is_finished(rdir: str | os.PathLike) -> bool:
-    return (Path(rdir) / SUMMARY_FILE).exists()
+    return read_summary(rdir) is not None
 
 
+# --------------------------------------------------------------------------- launchers
 def _run_entry(cfg_dict: dict[str, Any], rdir: str, threads: int | None = None) -> dict[str, Any]:
-    """Run one configuration; never raises (errors become a summary with status "error")."""
+    """Run one configuration; a failure of the run itself becomes a summary with status
+    "error" (and error.txt); :data:`ENVIRONMENT_ERRORS` propagate."""
     from .train import run
 
     cfg = RunConfig.from_dict(cfg_dict)
@@ -119,12 +158,10 @@ def _run_entry(cfg_dict: dict[str, Any], rdir: str, threads: int | None = None) 
         cfg = cfg.replace(threads=threads)
     try:
         return run(cfg, rdir, resume=True)
-    except KeyboardInterrupt:
+    except ENVIRONMENT_ERRORS:
         raise
     except Exception as err:  # recorded, the grid goes on
-        Path(rdir).mkdir(parents=True, exist_ok=True)
-        text = traceback.format_exc()
-        (Path(rdir) / ERROR_FILE).write_text(text, encoding="utf-8")
+        RunDir(rdir).write_error(traceback.format_exc())
         return {"run_id": cfg.run_id, "row": cfg.row, "seed": cfg.seed, "status": "error",
                 "error": f"{type(err).__name__}: {err}"}
 
@@ -133,21 +170,34 @@ def _local(jobs: Sequence[Job], workers: int) -> list[dict[str, Any]]:
     return [_run_entry(cfg.to_dict(), str(rdir)) for cfg, rdir in jobs]
 
 
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C reaches the whole process group; the parent handles it
+    (and terminates the workers), so the workers do not print tracebacks of their own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _process(jobs: Sequence[Job], workers: int) -> list[dict[str, Any]]:
     workers = max(1, min(workers, len(jobs)))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_run_entry, cfg.replace(progress=False).to_dict(), str(rdir), threads)
+    pool = mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint)
+    try:
+        pending = [pool.apply_async(_run_entry, (cfg.replace(progress=False).to_dict(), str(rdir), threads))
                    for cfg, rdir in jobs]
-        return [f.result() for f in futures]
+        out = [p.get() for p in pending]
+    except BaseException:  # Ctrl-C, SIGTERM (raised as KeyboardInterrupt by the CLI) or a stopping error
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+    return out
 
 
 def _ray(jobs: Sequence[Job], workers: int) -> list[dict[str, Any]]:
     try:
         import ray
     except ImportError:
-        raise RuntimeError("launcher 'ray' needs Ray, an optional extra: pip install 'soensim[ray]'") from None
+        raise RunDirError("launcher 'ray' needs Ray, an optional extra: pip install 'soensim[ray]'") from None
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True)
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -168,10 +218,11 @@ LAUNCHERS: dict[str, Callable[[Sequence[Job], int], list[dict[str, Any]]]] = {
 
 def get_launcher(name: str) -> Callable[[Sequence[Job], int], list[dict[str, Any]]]:
     if name not in LAUNCHERS:
-        raise ValueError(f"unknown launcher {name!r}; known launchers: {sorted(LAUNCHERS)}")
+        raise ConfigError(f"unknown launcher {name!r}; known launchers: {sorted(LAUNCHERS)}")
     return LAUNCHERS[name]
 
 
+# --------------------------------------------------------------------------- running a grid
 def write_study_file(sdir: Path, study: str, preset: str, configs: Sequence[RunConfig],
                      extra: dict[str, Any] | None = None) -> None:
     write_json_atomic(sdir / STUDY_FILE, {
@@ -187,33 +238,40 @@ def write_study_file(sdir: Path, study: str, preset: str, configs: Sequence[RunC
 def read_study_file(sdir: str | os.PathLike) -> dict[str, Any]:
     path = Path(sdir) / STUDY_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{sdir} has no {STUDY_FILE}; is it a study directory (OUT/<study>/<preset>)?")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise RunDirError(f"{sdir} has no {STUDY_FILE}; is it a study directory (OUT/<study>/<preset>)?")
+    info = read_json(path)
+    if not isinstance(info, dict) or not isinstance(info.get("runs"), list):
+        raise DataError(f"{path}: expected a JSON object with a list of 'runs'")
+    return info
 
 
 def run_grid(configs: Sequence[RunConfig], sdir: str | os.PathLike, launcher: str = "local", workers: int = 1,
              study: str | None = None, preset: str = "custom", extra: dict[str, Any] | None = None,
-             ) -> list[dict[str, Any]]:
-    """Run every configuration not yet finished; returns all summaries in grid order."""
+             restart: bool = False) -> list[dict[str, Any]]:
+    """Run every configuration not yet finished; returns all summaries in grid order.
+
+    Holds the study directory's lock. ``restart``: discard what the run directories hold
+    and run everything again; otherwise results of another configuration raise
+    :class:`~studies.errors.ConfigMismatch` before anything is written."""
     sdir = Path(sdir)
     check_unique(configs)
     launch = get_launcher(launcher)
-    sdir.mkdir(parents=True, exist_ok=True)
-    name = study or (configs[0].study if configs else "custom")
-    write_study_file(sdir, name, preset, configs, extra)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer ≥ 1; got {workers!r}")
     jobs = [(cfg, run_dir(sdir, cfg)) for cfg in configs]
-    todo = [(cfg, rdir) for cfg, rdir in jobs if not is_finished(rdir)]
-    done = launch(todo, workers) if todo else []
-    by_id = {s.get("run_id"): s for s in done}
-    out = []
-    for cfg, rdir in jobs:
-        if cfg.run_id in by_id:
-            out.append(by_id[cfg.run_id])
-        else:
-            out.append(json.loads((rdir / SUMMARY_FILE).read_text(encoding="utf-8")))
-    return out
+    with study_lock(sdir):
+        states = {cfg.run_id: ("new" if restart else check_reuse(rdir, cfg)) for cfg, rdir in jobs}
+        if restart:
+            for _, rdir in jobs:
+                with RunDir(rdir).lock():
+                    clear(rdir)
+        write_study_file(sdir, study or (configs[0].study if configs else "custom"), preset, configs, extra)
+        todo = [(cfg, rdir) for cfg, rdir in jobs if states[cfg.run_id] != "finished"]
+        by_id = {s.get("run_id"): s for s in (launch(todo, workers) if todo else [])}
+        return [by_id[cfg.run_id] if cfg.run_id in by_id else read_summary(rdir) for cfg, rdir in jobs]
 
 
+# --------------------------------------------------------------------------- results
 def load_summaries(sdir: str | os.PathLike) -> list[dict[str, Any]]:
     """Summaries of the study's finished runs, in grid order (unfinished runs are left out)."""
     return [r["summary"] for r in collect(sdir) if r["summary"] is not None]
@@ -225,40 +283,46 @@ def collect(sdir: str | os.PathLike) -> list[dict[str, Any]]:
     sdir = Path(sdir)
     out = []
     for rid in read_study_file(sdir)["runs"]:
-        rdir = sdir / RUNS_DIR / rid
-        cfg_path, sum_path, err_path = rdir / CONFIG_FILE, rdir / SUMMARY_FILE, rdir / ERROR_FILE
-        cfg = RunConfig.from_json(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else None
-        summary = json.loads(sum_path.read_text(encoding="utf-8")) if sum_path.exists() else None
+        rdir = sdir / RUNS_DIR / str(rid)
+        summary = read_summary(rdir)
         error = None
-        if summary is None and err_path.exists():
-            lines = [ln for ln in err_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if summary is None and (rdir / ERROR_FILE).exists():
+            lines = [ln for ln in (rdir / ERROR_FILE).read_text(encoding="utf-8").splitlines() if ln.strip()]
             error = lines[-1] if lines else "error"
-        out.append({"run_id": rid, "dir": rdir, "config": cfg, "summary": summary, "error": error})
+        out.append({"run_id": rid, "dir": rdir, "config": read_config(rdir), "summary": summary, "error": error})
     return out
 
 
 def _j_max(cfg: RunConfig) -> float | str:
-    if cfg.coupling_max is not None:
-        return cfg.coupling_max
+    """The coupling bound a run was trained under; "-" for software runs (none applied)."""
     if cfg.profile is None:
         return "-"
+    if cfg.coupling_max is not None:
+        return cfg.coupling_max
     from soensim import HardwareProfile
 
     j = HardwareProfile.preset(cfg.profile).coupling_max
     return "-" if j is None else j
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not vals:
-        return math.nan, math.nan
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return mean, std
+#: Per-run values the results table aggregates over seeds.
+SUMMARY_COLUMNS = ("final_test", "best_val", "test_at_best_val", "final_train_loss", "final_w_norm", "spikes",
+                   "nonfinite", "rollbacks", "elapsed_s")
+
+
+def _summary_values(s: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """:data:`SUMMARY_COLUMNS` of one run's summary (the row's metric: acc or mse)."""
+    final, best = s.get("final", {}), s.get("best", {})
+    return {"final_test": final.get(f"test_{metric}", math.nan), "best_val": best.get(f"val_{metric}", math.nan),
+            "test_at_best_val": best.get(f"test_{metric}", math.nan),
+            "final_train_loss": final.get("train_loss", math.nan),
+            "final_w_norm": final.get("w_hz_norm", final.get("w_hf_norm", math.nan)),
+            "spikes": s.get("spikes"), "nonfinite": s.get("nonfinite"), "rollbacks": s.get("rollbacks"),
+            "elapsed_s": s.get("elapsed_s")}
 
 
 def results_table(sdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """One record per row (seeds aggregated: mean and standard deviation)."""
+    """One record per row (seeds aggregated by :func:`studies.stats.mean_std`)."""
     runs = collect(sdir)
     rows: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
@@ -274,18 +338,9 @@ def results_table(sdir: str | os.PathLike) -> list[dict[str, Any]]:
             rec.update({"gate": cfg.gate, "bias": cfg.bias_mode, "profile": cfg.profile or "software",
                         "J_max": _j_max(cfg)})
         rec["metric"] = metric
-        for label, get in (  # values of the row's metric (acc or mse)
-            ("final_test", lambda s: s["final"].get(f"test_{metric}", math.nan)),
-            ("best_val", lambda s: s["best"].get(f"val_{metric}", math.nan)),
-            ("test_at_best_val", lambda s: s["best"].get(f"test_{metric}", math.nan)),
-            ("final_train_loss", lambda s: s["final"].get("train_loss", math.nan)),
-            ("final_w_norm", lambda s: s["final"].get("w_hz_norm", s["final"].get("w_hf_norm", math.nan))),
-            ("spikes", lambda s: s["spikes"]),
-            ("nonfinite", lambda s: s["nonfinite"]),
-            ("rollbacks", lambda s: s["rollbacks"]),
-            ("elapsed_s", lambda s: s["elapsed_s"]),
-        ):
-            rec[label], rec[label + "_std"] = _mean_std([get(s) for s in sums])
+        per_seed = [_summary_values(s, metric) for s in sums]
+        for label in SUMMARY_COLUMNS:
+            rec[label], rec[label + "_std"] = mean_std(v[label] for v in per_seed)
         rec["params"] = sums[0]["params"] if sums else None
         errors = [r["error"] for r in items if r["error"]]
         rec["error"] = errors[0] if errors else ""
@@ -294,44 +349,54 @@ def results_table(sdir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def format_value(v: Any, std: Any = None, digits: int = 4) -> str:
-    """A table cell: floats to ``digits`` significant digits (± std when given), NaN as –."""
+    """A table cell: floats to ``digits`` significant digits (± std when given and > 0),
+    NaN (missing) as –, infinities as inf / -inf."""
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
         if math.isnan(v):
             return "–"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
         text = f"{v:.{digits}g}"
-        if isinstance(std, float) and std > 0:
+        if isinstance(std, float) and math.isfinite(std) and std > 0:
             text += f" ± {std:.2g}"
         return text
     return "" if v is None else str(v)
 
 
+def markdown_cell(text: str) -> str:
+    """``text`` safe inside a markdown table row (``|`` escaped, on one line)."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``results.md`` and ``results.csv`` (atomically) into the study directory."""
+    """Write ``results.md`` and ``results.csv`` (atomically, under the study lock)."""
     sdir = Path(sdir)
-    table = results_table(sdir)
-    info = read_study_file(sdir)
-    csv_cols = list(dict.fromkeys(k for rec in table for k in rec))
-    cols = [c for c in csv_cols if not c.endswith("_std")]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=csv_cols, lineterminator="\n", restval="")
-    writer.writeheader()
-    for rec in table:
-        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
-    csv_path = sdir / "results.csv"
-    write_text_atomic(csv_path, buf.getvalue())
-    lines = [f"# {info['study']} — preset {info['preset']}", ""]
-    if info.get("notes"):
-        lines += [str(info["notes"]), ""]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for rec in table:
-        lines.append("| " + " | ".join(format_value(rec.get(c), rec.get(c + "_std")) for c in cols) + " |")
-    lines.append("")
-    md_path = sdir / "results.md"
-    write_text_atomic(md_path, "\n".join(lines))
+    with study_lock(sdir):
+        table = results_table(sdir)
+        info = read_study_file(sdir)
+        csv_cols = list(dict.fromkeys(k for rec in table for k in rec))
+        cols = [c for c in csv_cols if not c.endswith("_std")]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=csv_cols, lineterminator="\n", restval="")
+        writer.writeheader()
+        for rec in table:
+            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
+        csv_path = write_text_atomic(sdir / "results.csv", buf.getvalue())
+        lines = [f"# {info.get('study')} — preset {info.get('preset')}", ""]
+        if info.get("notes"):
+            lines += [str(info["notes"]), ""]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for rec in table:
+            lines.append("| " + " | ".join(markdown_cell(format_value(rec.get(c), rec.get(c + "_std")))
+                                           for c in cols) + " |")
+        lines.append("")
+        md_path = write_text_atomic(sdir / "results.md", "\n".join(lines))
     return md_path, csv_path
 
 
-__all__ = ["LAUNCHERS", "check_unique", "make_grid", "preset_functions", "preset_grid", "get_launcher", "is_finished", "collect", "load_summaries", "read_study_file", "results_table", "write_results",
-           "run_dir", "run_grid", "study_dir", "write_study_file"]
+__all__ = ["ENVIRONMENT_ERRORS", "ERROR_FILE", "LAUNCHERS", "check_unique", "collect", "format_value", "get_launcher",
+           "is_finished", "load_summaries", "make_grid", "markdown_cell", "preset_functions", "preset_grid",
+           "read_study_file", "results_table", "run_dir", "run_grid", "study_dir", "study_lock",
+           "write_study_file"]

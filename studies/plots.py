@@ -1,8 +1,10 @@
 """Figures of a study directory (matplotlib, Agg backend, PNG files under ``plots/``).
 
-Every function reads the run logs (``epochs.jsonl``, ``steps.jsonl``,
-``gates.jsonl``) of a study directory and writes one PNG; rows are lines
-(median over seeds, min–max band when there are several).
+Every ``*_figure`` function reads the run logs (``epochs.jsonl``, ``steps.jsonl``,
+``gates.jsonl``) or summaries of a study directory and returns a matplotlib figure (None
+when there is nothing to draw); the function of the same name without ``_figure`` saves it
+as one PNG (:func:`save_figure`) and returns the path. In curves, rows are lines (median
+over seeds, min–max band when there are several).
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .files import atomic_write, read_jsonl  # noqa: E402
 from .grid import collect  # noqa: E402
-from .train import EPOCHS_FILE, GATES_FILE, STEPS_FILE, read_jsonl  # noqa: E402
+from .rundir import EPOCHS_FILE, GATES_FILE, STEPS_FILE  # noqa: E402
+from .stats import mean_std  # noqa: E402
 
 PLOTS_DIR = "plots"
 
@@ -51,7 +55,7 @@ def _median_band(series: list[tuple[list[float], list[float]]]) -> tuple[list[fl
     for xs, _ in series[1:]:
         common &= set(xs)
     xs = sorted(common)
-    cols = [[dict(zip(sx, sy))[x] for sx, sy in series] for x in xs]
+    cols = [[dict(zip(sx, sy, strict=True))[x] for sx, sy in series] for x in xs]
     return xs, [statistics.median(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols]
 
 
@@ -67,20 +71,26 @@ def _smooth(ys: list[float], k: int) -> list[float]:
     return out
 
 
-def save_figure(fig: Any, path: Path) -> Path:
-    """Save ``fig`` as PNG atomically (temp file, then rename) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+def save_figure(fig: Any, path: str | os.PathLike | None) -> Path | None:
+    """Save ``fig`` (None: nothing) as PNG with :func:`studies.files.atomic_write` and close it."""
+    if fig is None or path is None:
+        return None
+    try:
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
-def curves(sdir: str | os.PathLike, y: str, fname: str, *, ylabel: str | None = None, title: str | None = None,
-           source: str = "epochs", logy: bool = False, smooth: int = 1,
-           rows: Callable[[str], bool] | None = None, hline: float | None = None) -> Path | None:
-    """One line per row of ``y`` against epoch (``source="epochs"``) or step (``"steps"``)."""
+def curves(sdir: str | os.PathLike, y: str, fname: str, **kw: Any) -> Path | None:
+    """:func:`curves_figure` saved as ``plots/<fname>``."""
+    return save_figure(curves_figure(sdir, y, **kw), Path(sdir) / PLOTS_DIR / fname)
+
+
+def curves_figure(sdir: str | os.PathLike, y: str, *, ylabel: str | None = None, title: str | None = None,
+                  source: str = "epochs", logy: bool = False, smooth: int = 1,
+                  rows: Callable[[str], bool] | None = None, hline: float | None = None) -> Any:
+    """One line per row of ``y`` against epoch (``source="epochs"``) or step (``"steps"``),
+    labelled with the row name; ``hline``: a dotted reference line ("baseline loss")."""
     sdir = Path(sdir)
     file, x = (EPOCHS_FILE, "epoch") if source == "epochs" else (STEPS_FILE, "step")
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -110,13 +120,17 @@ def curves(sdir: str | os.PathLike, y: str, fname: str, *, ylabel: str | None = 
     ax.set_title(title or y)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return save_figure(fig, sdir / PLOTS_DIR / fname)
+    return fig
 
 
-def gate_histograms(sdir: str | os.PathLike, fname: str = "gate_histograms.png", key: str | None = None,
-                    bins: int = 30) -> Path | None:
+def gate_histograms(sdir: str | os.PathLike, fname: str = "gate_histograms.png", **kw: Any) -> Path | None:
+    """:func:`gate_histograms_figure` saved as ``plots/<fname>``."""
+    return save_figure(gate_histograms_figure(sdir, **kw), Path(sdir) / PLOTS_DIR / fname)
+
+
+def gate_histograms_figure(sdir: str | os.PathLike, key: str | None = None, bins: int = 30) -> Any:
     """Per-unit gate activations (mean over batch and time) before and after training, per row
-    (papers/002 Fig. 4): first seed of each row, epoch 0 against the last recorded epoch."""
+    (as in Fig. 4 of Gu et al. 2020, arXiv:1910.09890): first seed of each row, epoch 0 against the last recorded epoch."""
     sdir = Path(sdir)
     panels = []
     for row, runs in _rows(sdir).items():
@@ -134,7 +148,7 @@ def gate_histograms(sdir: str | os.PathLike, fname: str = "gate_histograms.png",
     cols = min(4, n)
     nrows = math.ceil(n / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
-    for ax, (row, k, first, last) in zip(axes.flat, panels):
+    for ax, (row, k, first, last) in zip(axes.flat, panels, strict=False):  # axes beyond the panels stay empty
         ax.hist(first[k], bins=bins, range=(0, 1), alpha=0.55, label=f"epoch {first['epoch']}")
         if last is not first:
             ax.hist(last[k], bins=bins, range=(0, 1), alpha=0.55, label=f"epoch {last['epoch']}")
@@ -145,11 +159,15 @@ def gate_histograms(sdir: str | os.PathLike, fname: str = "gate_histograms.png",
         ax.axis("off")
     fig.suptitle("per-unit gate activation (mean over batch and time)", fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, sdir / PLOTS_DIR / fname)
+    return fig
 
 
-def bars(sdir: str | os.PathLike, key: str, fname: str, ylabel: str | None = None,
-         title: str | None = None) -> Path | None:
+def bars(sdir: str | os.PathLike, key: str, fname: str, **kw: Any) -> Path | None:
+    """:func:`bars_figure` saved as ``plots/<fname>``."""
+    return save_figure(bars_figure(sdir, key, **kw), Path(sdir) / PLOTS_DIR / fname)
+
+
+def bars_figure(sdir: str | os.PathLike, key: str, ylabel: str | None = None, title: str | None = None) -> Any:
     """Bar per row of a summary value (mean over seeds), e.g. loss-spike counts."""
     sdir = Path(sdir)
     names, vals = [], []
@@ -157,7 +175,7 @@ def bars(sdir: str | os.PathLike, key: str, fname: str, ylabel: str | None = Non
         v = [r["summary"][key] for r in runs if r["summary"] is not None and _num(r["summary"].get(key))]
         if v:
             names.append(row)
-            vals.append(sum(v) / len(v))
+            vals.append(mean_std(v)[0])
     if not names:
         return None
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.6))
@@ -166,11 +184,16 @@ def bars(sdir: str | os.PathLike, key: str, fname: str, ylabel: str | None = Non
     ax.set_ylabel(ylabel or key)
     ax.set_title(title or key)
     ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, sdir / PLOTS_DIR / fname)
+    return fig
 
 
-def xy_lines(points: dict[str, list[tuple[float, float, float]]], path: str | os.PathLike, *, xlabel: str,
-             ylabel: str, title: str, logx: bool = True) -> Path | None:
+def xy_lines(points: dict[str, list[tuple[float, float, float]]], path: str | os.PathLike, **kw: Any) -> Path | None:
+    """:func:`xy_lines_figure` saved as ``path``."""
+    return save_figure(xy_lines_figure(points, **kw), path)
+
+
+def xy_lines_figure(points: dict[str, list[tuple[float, float, float]]], *, xlabel: str, ylabel: str, title: str,
+                    logx: bool = True) -> Any:
     """Lines from ``{label: [(x, mean, std), ...]}`` with error bars (e.g. accuracy vs train size)."""
     if not points:
         return None
@@ -186,7 +209,8 @@ def xy_lines(points: dict[str, list[tuple[float, float, float]]], path: str | os
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return save_figure(fig, Path(path))
+    return fig
 
 
-__all__ = ["PLOTS_DIR", "bars", "curves", "gate_histograms", "xy_lines"]
+__all__ = ["PLOTS_DIR", "bars", "bars_figure", "curves", "curves_figure", "gate_histograms", "gate_histograms_figure",
+           "save_figure", "xy_lines", "xy_lines_figure"]

@@ -1,8 +1,9 @@
-"""Study ``sst-lowdata``: SST gates vs the standard GRU across training-set sizes (papers/000).
+"""Study ``sst-lowdata``: SST gates vs the standard GRU across training-set sizes (the squared
+sigmoid-tanh gates of "Contrast-Enhanced Gating in GRUs for Robust Low-Data Sequence Learning").
 
 Data: scikit-learn's handwritten digits (1,797 images of 8×8, 10 classes) read row by row
-as 64-step sequences of one value (pixel / 16, standardized with the training subset's
-statistics). A fixed stratified test set (``TEST_SIZE`` = 500) and validation set
+as 64-step sequences of one value (pixel / 16, standardized with the training subset's mean
+and population standard deviation, :func:`studies.data.standardize`). A fixed stratified test set (``TEST_SIZE`` = 500) and validation set
 (``val_size``) are carved out once with a fixed seed; each run trains on a stratified
 subset of ``train_size // 10`` examples per class of the remaining pool, drawn with the
 run's seed (so seeds differ in data as well as in initialization). Splits and subsets are
@@ -24,8 +25,12 @@ import torch
 from torch import nn
 
 from . import data, grid, plots
+from .config import RunConfig
+from .errors import ConfigError
+from .files import write_text_atomic
 from .models import build_model
-from .train import ArraySplit, ConfigError, RunConfig, TaskData, write_text_atomic
+from .stats import mean_std
+from .taskdata import ArraySplit, TaskData
 
 NAME = "sst-lowdata"
 DESCRIPTION = "SST vs standard GRU across training-set sizes on sklearn digits (64-step sequences)"
@@ -82,7 +87,7 @@ def digits_task(cfg: RunConfig) -> TaskData:
     if cfg.task != "digits":
         raise ConfigError(f"study {NAME} runs task 'digits'; got {cfg.task!r}")
     images, labels = data.load_digits()
-    x, y = torch.from_numpy(images).reshape(-1, 64, 1), torch.from_numpy(labels).long()
+    x, y = torch.from_numpy(data.to_sequences(images)), torch.from_numpy(labels).long()
     rest, test_idx = data.stratified_split(labels, TEST_SIZE / len(labels), SPLIT_SEED)
     pool_rel, val_rel = data.stratified_split(labels[rest], cfg.val_size / len(rest), SPLIT_SEED + 1)
     pool, val_idx = rest[pool_rel], rest[val_rel]
@@ -94,9 +99,9 @@ def digits_task(cfg: RunConfig) -> TaskData:
             raise ConfigError(f"train_size {cfg.train_size} must give 1..{most} examples per class "
                               "of the pool left after test/validation")
         train_idx = pool[data.stratified_subset(labels[pool], per_class, 1000 + cfg.seed)]
-    mean, std = x[train_idx].mean(), x[train_idx].std().clamp_min(1e-6)
-    split = lambda idx: ArraySplit(((x[idx] - mean) / std).contiguous(), y[idx])  # noqa: E731
-    return TaskData(split(train_idx), split(val_idx), split(test_idx), objective="classify", num_outputs=10,
+    xs = data.standardize(x[train_idx], x[val_idx], x[test_idx])
+    train, val, test = (ArraySplit(xi, y[idx]) for xi, idx in zip(xs, (train_idx, val_idx, test_idx), strict=True))
+    return TaskData(train, val, test, objective="classify", num_outputs=10,
                     input_size=1, seq_len=64,
                     info={"source": "sklearn digits", "train": len(train_idx), "val": len(val_idx),
                           "test": len(test_idx)})
@@ -113,8 +118,7 @@ def accuracy_by_size(sdir: str | os.PathLike) -> dict[str, list[tuple[float, flo
         by.setdefault(("GRU" if cfg.gate == "-" else cfg.gate, cfg.train_size), []).append(s["best"]["test_acc"])
     out: dict[str, list[tuple[float, float, float]]] = {}
     for (gate, size), accs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        mean = sum(accs) / len(accs)
-        std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
+        mean, std = mean_std(accs)
         out.setdefault(gate, []).append((float(size), mean, std))
     return out
 

@@ -1,11 +1,12 @@
-"""Synthetic memory tasks of papers/002 §3.1 / App. D.1, generated per batch from a torch.Generator.
+"""Synthetic memory tasks of Gu et al. 2020 (arXiv:1910.09890) §3.1 / App. D.1, generated per
+batch from a torch.Generator.
 
 Every task draws a fresh batch from the generator it is given (``batch(batch_size,
 generator) -> (x, y)``; ``sample`` is the same method), so a seeded generator reproduces the
 whole stream of training data, and fixed evaluation sets are one batch from their own seed.
 Tasks are looked up by name in :data:`TASKS` (:func:`get_task`).
 
-Copy task, ``CopyTask(N)`` — sequence length N + 20 (DESIGN §5)
+Copy task, ``CopyTask(N)`` — sequence length N + 20
     Alphabet: 0 = blank, 1..8 = data symbols, 9 = cue. Steps 0..9 hold a_0..a_9, drawn
     independently and uniformly from {1..8}; steps 10..N+9 are blank (0); steps N+10..N+19
     are the cue (9). Input: one-hot over the 10 tokens, float32 (B, N+20, 10). The model must
@@ -14,7 +15,7 @@ Copy task, ``CopyTask(N)`` — sequence length N + 20 (DESIGN §5)
     Output classes: data symbol k ↦ class k − 1 (0..7); in ``targets="all"`` mode class 8 is
     the blank that every other step must emit.
 
-    * ``targets="last"`` (default, papers/002 D.1: only the last ten outputs are scored):
+    * ``targets="last"`` (default, Gu et al. 2020, App. D.1: only the last ten outputs are scored):
       y (B, 10) int64 in 0..7; ``readout`` = 10; loss = mean per-step cross-entropy over
       those ten steps; 8 classes.
     * ``targets="all"`` (the classic variant): y (B, N+20) int64, 8 (blank) except the last
@@ -47,7 +48,7 @@ import torch
 from torch import Tensor
 
 LOSS_KINDS = ("ce_per_step", "mse_last")
-#: Loss kind → the trainer's objective name (:data:`studies.train.OBJECTIVES`).
+#: Loss kind → the trainer's objective name (:data:`studies.taskdata.OBJECTIVES`).
 OBJECTIVE_OF_LOSS = {"ce_per_step": "classify", "mse_last": "regress"}
 
 

@@ -3,7 +3,8 @@
 Two entry points:
 
 * :func:`transfer` takes finished run directories of *any* study (written by
-  :class:`studies.train.Trainer`: ``config.json``, ``checkpoint.pt``, ``summary.json``),
+  :class:`studies.train.Trainer`: ``config.json``, ``checkpoint.pt``, ``summary.json``; see
+  :mod:`studies.rundir`),
   rebuilds each model through its study's ``build(cfg)``, loads the checkpoint, transfers
   the recurrent layer to continuous time (:func:`soensim.transfer.transfer_model`, the
   training step as ``dt``: :func:`studies.models.hardware_dt` under a profile, 1 otherwise),
@@ -30,7 +31,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 import math
 import os
 from pathlib import Path
@@ -43,9 +43,14 @@ from soensim import nonideal
 from soensim.transfer import max_abs_diff, to_continuous
 
 from . import grid, plots
+from .config import RunConfig
+from .errors import ConfigError, RunDirError
+from .files import DirLock, write_json_atomic, write_text_atomic
 from .models import build_model, hardware_dt
-from .train import (CHECKPOINT_FILE, CONFIG_FILE, OBJECTIVES, SUMMARY_FILE, ArraySplit, ConfigError, RunConfig,
-                    TaskData, _threads, load_checkpoint, write_json_atomic, write_text_atomic)
+from .rundir import CHECKPOINT_FILE, load_checkpoint, read_config, read_summary
+from .stats import mean_std, summarize
+from .taskdata import OBJECTIVES, ArraySplit, TaskData, evaluate
+from .train import torch_threads
 
 NAME = "transfer"
 DESCRIPTION = "trained GRUs in continuous time: robustness to τ spread, quantization, clipping and noise"
@@ -127,23 +132,20 @@ def adding_data(cfg: RunConfig) -> TaskData:
 
 # =========================================================================== loading runs
 def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, TaskData, dict[str, Any]]:
-    """``(cfg, model, data, summary)`` of a finished run: the model rebuilt through its study's
+    """``(cfg, model, data, summary)`` of a trained run: the model rebuilt through its study's
     ``build(cfg)`` with the checkpoint's weights, in eval mode on the CPU."""
     run_dir = Path(run_dir)
-    cfg_path, ckpt_path = run_dir / CONFIG_FILE, run_dir / CHECKPOINT_FILE
-    for p in (cfg_path, ckpt_path):
-        if not p.exists():
-            raise FileNotFoundError(f"{run_dir} has no {p.name}; is it a run directory of studies.train?")
-    cfg = RunConfig.from_json(cfg_path.read_text(encoding="utf-8"))
-    summary_path = run_dir / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    cfg = read_config(run_dir)
+    if cfg is None or not (run_dir / CHECKPOINT_FILE).exists():
+        raise RunDirError(f"{run_dir} is not a trained run directory (it needs config.json and checkpoint.pt)")
+    state = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    summary = read_summary(run_dir) or {}
     if cfg.study == NAME:
         model, data = build(cfg)
     else:
         from .registry import get_study
 
         model, data = get_study(cfg.study).build(cfg)
-    state = load_checkpoint(ckpt_path)
     model.load_state_dict(state["model"])
     model.eval()
     return cfg, model, data, summary
@@ -172,26 +174,21 @@ def eval_split(data: TaskData) -> ArraySplit:
 
 
 def evaluator(data: TaskData, eval_size: int | None = None, batch_size: int = 500):
-    """``model -> {"loss", metric}`` on the first ``eval_size`` test examples."""
+    """``model -> {"loss", metric}`` on the first ``eval_size`` test examples (None: all;
+    otherwise an integer ≥ 1)."""
     split = eval_split(data)
-    if eval_size is not None and eval_size < len(split):
-        split = ArraySplit(split.x[:eval_size], split.y[:eval_size], split.transform)
+    if eval_size is not None:
+        if isinstance(eval_size, bool) or not isinstance(eval_size, int) or eval_size < 1:
+            raise ConfigError(f"eval_size must be an integer ≥ 1 (or None for all); got {eval_size!r}")
+        split = split.head(eval_size)
     obj = OBJECTIVES[data.objective]
 
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        model.eval()
-        loss_sum, metric_sum, count, n = 0.0, 0.0, 0, 0
-        with torch.no_grad():
-            for x, y in split.batches(batch_size):
-                out = model(x)
-                loss_sum += float(obj.loss(out, y)) * len(x)
-                m, c = obj.metric_sum(out, y)
-                metric_sum, count, n = metric_sum + m, count + c, n + len(x)
-        return {"loss": loss_sum / max(1, n), obj.metric: metric_sum / max(1, count)}
+    def run_eval(model: nn.Module) -> dict[str, float]:
+        return evaluate(model, split, obj, batch_size)
 
-    evaluate.metric = obj.metric  # type: ignore[attr-defined]
-    evaluate.higher_is_better = obj.higher_is_better  # type: ignore[attr-defined]
-    return evaluate
+    run_eval.metric = obj.metric  # type: ignore[attr-defined]
+    run_eval.higher_is_better = obj.higher_is_better  # type: ignore[attr-defined]
+    return run_eval
 
 
 # =========================================================================== transfer
@@ -249,7 +246,7 @@ def transfer(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out_dir:
         seeds: noise/spread seeds per value (a count or a list).
         eval_size: test examples evaluated per point (None: all).
         method: integrator of the transferred model (``"exact"``: the held-gate exponential
-            integrator; an ODE method of :mod:`soensim.simulate` is much slower).
+            integrator; an ODE method of :mod:`soensim.solvers` is much slower).
         checks: run :func:`transfer_checks` per run.
         threads: torch CPU threads during the sweep (None: unchanged).
 
@@ -259,31 +256,33 @@ def transfer(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out_dir:
     """
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, os.PathLike)) else [Path(d) for d in run_dirs]
     if not dirs:
-        raise ValueError("transfer: no run directories given")
+        raise ConfigError("transfer: no run directories given")
     out = Path(out_dir) if out_dir is not None else dirs[0].parent
     sweeps = dict(SWEEPS if sweeps is None else sweeps)
     for kind in sweeps:
         nonideal.get_nonideality(kind)
+    if isinstance(seeds, int) and (isinstance(seeds, bool) or seeds < 1):
+        raise ConfigError(f"seeds must be an integer ≥ 1 (or a list of seeds); got {seeds!r}")
     rows: list[dict[str, Any]] = []
     check_results: dict[str, dict[str, float]] = {}
     metric = higher = None
-    with _threads(threads):
+    with DirLock(out, "transfer output folder"), torch_threads(threads):
         for d in dirs:
             cfg, model, data, summary = load_run(d)
             info = {"run_id": cfg.run_id, "row": cfg.row, "study": cfg.study, "trained": _trained(cfg),
                     "profile": cfg.profile or "software"}
             if checks:
                 check_results[cfg.run_id] = transfer_checks(model, cfg, data)
-            evaluate = evaluator(data, eval_size)
-            metric, higher = evaluate.metric, evaluate.higher_is_better  # type: ignore[attr-defined]
-            discrete = evaluate(model)
+            score = evaluator(data, eval_size)
+            metric, higher = score.metric, score.higher_is_better  # type: ignore[attr-defined]
+            discrete = score(model)
             cont = transferred(model, cfg, data, method)
             for kind, values in sweeps.items():
-                rows += nonideal.sweep(cont, evaluate, kind, values, seeds,
+                rows += nonideal.sweep(cont, score, kind, values, seeds,
                                        extra={**info, f"discrete_{metric}": discrete[metric]})
-    summary_rows = _summarize(rows, metric)
-    comparison = _compare(summary_rows, metric, higher)
-    files = write_outputs(out, rows, summary_rows, comparison, check_results, metric, higher, sweeps)
+        summary_rows = _summarize(rows, metric)
+        comparison = _compare(summary_rows, metric, higher)
+        files = write_outputs(out, rows, summary_rows, comparison, check_results, metric, higher, sweeps)
     return {"rows": rows, "summary": summary_rows, "checks": check_results, "comparison": comparison,
             "metric": metric, "higher_is_better": higher, "files": files}
 
@@ -301,8 +300,8 @@ def _summarize(rows: Sequence[Mapping[str, Any]], metric: str | None) -> list[di
     from the ideal value of the same row."""
     if not rows:
         return []
-    agg = nonideal.summarize([{**r, "value": _key(r["value"])} for r in rows], metrics=["loss", metric],
-                             by=("row", "trained", "kind", "value"))
+    agg = summarize([{**r, "value": _key(r["value"])} for r in rows], metrics=["loss", metric],
+                    by=("row", "trained", "kind", "value"))
     ideal = {(r["row"], r["kind"]): r for r in agg if r["value"] in ("ideal", 0, 0.0)}
     for r in agg:
         base = ideal.get((r["row"], r["kind"]))
@@ -328,10 +327,9 @@ def _compare(summary: Sequence[Mapping[str, Any]], metric: str | None, higher: b
         for g in ("software", "hardware"):
             vals = rec.pop("_" + g, [])
             if vals:
-                rec[f"{g}_{metric}"] = sum(v for v, _ in vals) / len(vals)
-                rec[f"{g}_drop"] = sum(_drop(v, i, higher) for v, i in vals) / len(vals)
-                rel = [_drop(v, i, higher) / abs(i) for v, i in vals if i]
-                rec[f"{g}_rel_drop"] = sum(rel) / len(rel) if rel else math.nan
+                rec[f"{g}_{metric}"] = mean_std(v for v, _ in vals)[0]
+                rec[f"{g}_drop"] = mean_std(_drop(v, i, higher) for v, i in vals)[0]
+                rec[f"{g}_rel_drop"] = mean_std(_drop(v, i, higher) / abs(i) for v, i in vals if i)[0]
         if "software_drop" in rec and "hardware_drop" in rec:
             rec["hardware_loses_less"] = rec["hardware_drop"] < rec["software_drop"]
             rec["hardware_loses_less_rel"] = rec["hardware_rel_drop"] < rec["software_rel_drop"]

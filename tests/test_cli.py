@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from test_plots import assert_png_drawn
 
+from studies.bias_ablation import runs as scifar_runs
 from studies.cli import main
 from studies.train import CHECKPOINT_FILE, SUMMARY_FILE, read_jsonl, run
-from studies.bias_ablation import runs as scifar_runs
 
 ROWS = "baseline,ablated,chrono,baseline-hw,ablated-hw,chrono-hw,gate-U,gate-R,gate-UR,gate-SST"  # every smoke row
 
@@ -31,7 +32,7 @@ def test_run_smoke_writes_tables_and_plots(tmp_path, capsys):
     for name in ("study.json", "results.md", "results.csv"):
         assert (sdir / name).exists(), name
     for png in ("test_accuracy.png", "train_loss.png", "w_hz_norm.png", "gate_histograms.png", "loss_spikes.png"):
-        assert (sdir / "plots" / png).stat().st_size > 1000, png
+        assert_png_drawn(sdir / "plots" / png)
     summaries = {r: json.loads((sdir / "runs" / f"{r}-s0" / SUMMARY_FILE).read_text()) for r in ROWS.split(",")}
     assert all(s["status"] == "finished" for s in summaries.values())
     # the synthetic images are learnable: the software baseline beats chance clearly
@@ -56,7 +57,7 @@ def test_run_smoke_writes_tables_and_plots(tmp_path, capsys):
     assert main(["transfer", *runs, "--out", str(tmp_path / "tr"), "--seeds", "1", "--eval-size", "16"]) == 0
     table = (tmp_path / "tr" / "transfer.md").read_text()
     assert "| baseline-hw |" in table and "hardware" in table
-    assert (tmp_path / "tr" / "plots" / "robustness_tau_spread.png").stat().st_size > 1000
+    assert_png_drawn(tmp_path / "tr" / "plots" / "robustness_tau_spread.png")
 
 
 def test_override_validation(tmp_path, capsys):
@@ -77,6 +78,8 @@ def test_override_validation(tmp_path, capsys):
 
 def test_data_dir_and_set_reach_the_config(tmp_path, monkeypatch):
     monkeypatch.setenv("SOENSIM_DATA_DIR", str(tmp_path / "env-data"))
+    for folder in ("env-data", "flag"):  # a data folder must exist (a mistyped one is an error)
+        (tmp_path / folder).mkdir()
     assert main(["run", "scifar-bias", "--preset", "smoke", "--out", str(tmp_path), "--rows", "baseline",
                  "--set", "hidden=6", "--seeds", "2", "--no-report"]) == 0
     for seed in (0, 1):
@@ -99,7 +102,7 @@ def test_smoke_on_a_cifar_image_folder(tmp_path, monkeypatch):
     root = tmp_path / "data"
     for split, n, seed in (("train", 200, 1), ("test", 100, 2)):
         images, labels = fake_images(n, seed=seed)
-        for i, (img, label) in enumerate(zip(images, labels)):
+        for i, (img, label) in enumerate(zip(images, labels, strict=True)):
             folder = root / split / f"class{label}"
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(folder / f"{i:04d}.png")

@@ -48,7 +48,7 @@ def test_paper_model_has_101732_parameters():
     model = build_model(paper_cfg(row="baseline"), input_size=1, num_outputs=10, seq_len=1024)
     assert count_parameters(model) == 101_732
     assert count_parameters(model.rnn) == 3 * 181 * (1 + 181 + 2)
-    # papers/002 head: per-step 256-unit ReLU layer then linear
+    # the head of Gu et al. 2020 (arXiv:1910.09890): per-step 256-unit ReLU layer then linear
     mlp = build_model(paper_cfg(head="mlp", hidden=181), 1, 10, 1024)
     assert count_parameters(mlp) == count_parameters(model.rnn) + 181 * 256 + 256 + 256 * 10 + 10
 
@@ -177,19 +177,19 @@ def test_sst_lowdata_rows_and_step_budget():
 def test_to_sequences_grayscale_downsample_and_scan_order():
     img = np.zeros((1, 4, 4, 3), dtype=np.uint8)
     img[0, ..., 0] = 255  # pure red
-    seq = bias_ablation.to_sequences(img, size=4, channels=1)
+    seq = bias_ablation.image_sequences(img, size=4, channels=1)
     assert seq.shape == (1, 16, 1) and torch.allclose(seq, torch.full_like(seq, 0.299))
     ramp = np.repeat((np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1) * 10), 3, axis=-1)
-    seq = bias_ablation.to_sequences(ramp, size=4, channels=1)
+    seq = bias_ablation.image_sequences(ramp, size=4, channels=1)
     assert torch.allclose(seq[0, :, 0] * 255, torch.arange(16).float() * 10, atol=1e-3)  # row-major scan
-    small = bias_ablation.to_sequences(ramp, size=2, channels=3)
+    small = bias_ablation.image_sequences(ramp, size=2, channels=3)
     assert small.shape == (1, 4, 3)
     assert float(small[0, 0, 0]) * 255 == pytest.approx((0 + 10 + 40 + 50) / 4, rel=1e-5)  # 2×2 block mean
-    perm = bias_ablation.to_sequences(ramp, size=2, channels=1, permute=True)
-    gray = bias_ablation.to_sequences(ramp, size=2, channels=1)
+    perm = bias_ablation.image_sequences(ramp, size=2, channels=1, permute=True)
+    gray = bias_ablation.image_sequences(ramp, size=2, channels=1)
     assert torch.equal(perm[0, :, 0], gray[0, [0, 2, 1, 3], 0])  # bit reversal after downsampling
     with pytest.raises(ConfigError, match="divide"):
-        bias_ablation.to_sequences(ramp, size=3, channels=1)
+        bias_ablation.image_sequences(ramp, size=3, channels=1)
 
 
 def test_image_splits_are_stratified_and_disjoint():

@@ -1,4 +1,4 @@
-"""studies.tasks: copy and adding tasks (papers/002 §3.1, App. D.1) — construction, seeding, baselines, registry."""
+"""studies.tasks: copy and adding tasks (Gu et al. 2020, arXiv:1910.09890, §3.1, App. D.1) — construction, seeding, baselines, registry."""
 import math
 
 import pytest

@@ -113,10 +113,11 @@ def test_learning_rate_schedule_reaches_floor(tmp_path):
     steps = read_jsonl(tmp_path / "steps.jsonl")
     assert steps[0]["lr"] == pytest.approx(1e-2)
     lrs = [s["lr"] for s in steps]
-    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+    assert all(b <= a for a, b in zip(lrs[:-1], lrs[1:], strict=True))
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = CosineToFloor(opt, 1.0, 0.1, total=4)
+    sched = CosineToFloor(opt, floor=0.1, total=4)
     for _ in range(2):
+        opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.55)
 
@@ -243,4 +244,9 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ConfigError, match="lr_min"):
         RunConfig(lr=1e-3, lr_min=1e-2)
     assert cfg.run_id == "x-s2"
-    assert not math.isnan(cfg.lr)
+    assert cfg.lr == 5e-4 and isinstance(cfg.lr, float)  # the default, parsed as a float
+    for bad in ("NaN", "Infinity", "-Infinity", "nan", "inf"):  # JSON and Python spellings of non-finite values
+        with pytest.raises(ConfigError, match="lr must be a (finite )?number"):
+            cfg.with_overrides([f"lr={bad}"])
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
+        RunConfig(lr=math.nan)

@@ -1,0 +1,51 @@
+"""The one statistics helper of the studies: mean and spread over seeds.
+
+Over seeds (results tables, accuracy-by-size tables, transfer sweeps) the studies report
+the mean and the *sample* standard deviation (divisor n − 1, the unbiased variance
+estimate; 0 for a single value). Missing values (None, NaN) are left out; infinite values
+are kept, so a diverged seed with an infinite metric makes the mean infinite instead of
+vanishing from the table.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any, Iterable, Mapping, Sequence
+
+
+def _values(values: Iterable[Any]) -> list[float]:
+    return [float(v) for v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)]
+
+
+def mean_std(values: Iterable[Any]) -> tuple[float, float]:
+    """``(mean, sample standard deviation)`` of the numbers in ``values`` (see the module
+    docstring); ``(nan, nan)`` when none is left. With an infinite value the mean is
+    ±inf and the standard deviation NaN."""
+    vals = _values(values)
+    if not vals:
+        return math.nan, math.nan
+    infinite = {v for v in vals if math.isinf(v)}
+    if infinite:
+        return (infinite.pop() if len(infinite) == 1 else math.nan), math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], by: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per distinct ``by`` key (in order of first appearance) with
+    ``<metric>_mean``, ``<metric>_std`` (:func:`mean_std`) for every metric and ``n``
+    (the number of rows in the group)."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        rec: dict[str, Any] = dict(zip(by, key, strict=True))
+        for m in metrics:
+            rec[f"{m}_mean"], rec[f"{m}_std"] = mean_std(r.get(m) for r in rs)
+        rec["n"] = len(rs)
+        out.append(rec)
+    return out
+
+
+__all__ = ["mean_std", "summarize"]
