@@ -212,9 +212,9 @@ def _float_in(label: str, v: Any, lo: float, hi: float, hi_open: bool = False) -
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ProfileError(f"{label} must be a number; got {type(v).__name__} {v!r}")
     f = float(v)
-    if math.isnan(f) or f < lo or f > hi or (hi_open and f >= hi) or (math.isinf(f) and not math.isinf(hi)):
+    if not math.isfinite(f) or f < lo or f > hi or (hi_open and f >= hi):
         bracket = ")" if hi_open else "]"
-        raise ProfileError(f"{label} must be in [{lo:g}, {hi:g}{bracket}; got {v!r}")
+        raise ProfileError(f"{label} must be a finite number in [{lo:g}, {hi:g}{bracket}; got {v!r}")
     return f
 
 

@@ -146,3 +146,12 @@ def test_dendrite_flux_budget_comes_from_the_flux_window():
     assert (excitatory_flux(J, s_max) <= 0.5 - phi_th + 2e-3 * s_max).all()
     with pytest.raises(ValueError, match="i_b must exceed"):
         flux_window_budget(1.0)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tau_range", (1e-8, math.inf)), ("tau_values", (1e-8, math.inf)), ("flux_noise", math.inf),
+    ("state_noise", math.inf), ("reset_bias", math.inf), ("reset_bias", math.nan), ("coupling_max", math.inf),
+])
+def test_infinite_fields_are_refused_naming_the_field(field, value):
+    with pytest.raises(ProfileError, match=field):
+        HardwareProfile(**{field: value})
