@@ -1,34 +1,37 @@
-"""Benchmark the fused GRU recurrences (and, when available, the gated layers) against torch.nn.GRU.
+"""Benchmark the fused GRU and LSTM recurrences (and the gated layers) against torch.nn.GRU / nn.LSTM.
 
 Examples::
 
-    python benchmarks/bench_gates.py                          # kernel level, both shapes, CPU
-    python benchmarks/bench_gates.py --shapes scifar --repeats 9
+    python benchmarks/bench_gates.py                               # kernel level, both cores, both shapes
+    python benchmarks/bench_gates.py --cores lstm --threads 1 2 --repeats 7
+    python benchmarks/bench_gates.py --shapes scifar176 --modes sigmoid master_cumax master_sigmoid
     python benchmarks/bench_gates.py --level layer --gates - R UR SST
     python benchmarks/bench_gates.py --device cuda --json runs/bench.json
 
 Every contender does what a training step of one recurrent layer does: the input
-projection ``x W_ih^T + b_ih`` (one GEMM, autograd), the recurrence, and a
-backward pass from ``out.sum() + h_T.sum()`` (``--loss last`` uses ``h_T`` only,
-as a classifier on the last state does). Timings are the median (and min) of
-``--repeats`` runs after ``--warmup`` runs; contenders are interleaved round-robin
-so that each ratio compares runs taken under the same machine load. "speedup" is
-median(nn.GRU) / median(contender): above 1 means faster than nn.GRU.
+projection ``x W_ih^T + b_ih`` (one GEMM, autograd), the recurrence, and a backward
+pass from ``out.sum() + h_T.sum()`` (``--loss last`` uses ``h_T`` only, as a
+classifier on the last state does). Timings are the median (and min) of ``--repeats``
+runs after ``--warmup`` runs; the contenders of one core and shape are interleaved
+round-robin so that each ratio compares runs taken under the same machine load.
+"speedup" is median(torch module) / median(contender): above 1 means faster than
+nn.GRU / nn.LSTM; "÷ standard" is median(contender) / median(the core's standard:
+mode ``sigmoid`` or gate ``-``).
 
 Levels:
-  kernel  ``gates.kernels.fused_gru_recurrence`` for each mode (and backend), with
-          the input projection from ``gates.kernels.input_projection`` (or
-          ``F.linear`` with ``--plain-projection``).
-  layer   ``gates.layers.GatedGRU(I, H, gate=g, batch_first=True)`` for each gate
-          name (needs gates.layers; chrono gets ``chrono_tmax=T``; gate names from
-          ``gates.mechanisms.GATES`` unless ``--gates``), nn.GRU batch_first too.
+  kernel  ``gates.kernels.fused_gru_recurrence`` / ``fused_lstm_recurrence`` for each
+          mode (and backend), with the input projection from
+          ``gates.kernels.input_projection`` (or ``F.linear`` with
+          ``--plain-projection``). Master modes need ``--chunk`` (C) to divide H: at
+          H = 181 (prime) they are skipped; shape ``scifar176`` times them.
+  layer   ``gates.layers.GatedGRU`` / ``GatedLSTM(I, H, gate=g, batch_first=True)`` for
+          each gate name (chrono gets ``chrono_tmax=T``; gate names from
+          ``gates.mechanisms.GATES`` unless ``--gates``), the torch module batch_first too.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import os
 import platform
@@ -45,23 +48,27 @@ import torch.nn.functional as F
 
 SHAPES: dict[str, dict[str, int]] = {
     "scifar": {"B": 50, "T": 1024, "H": 181, "I": 1},
+    "scifar176": {"B": 50, "T": 1024, "H": 176, "I": 1},  # H divisible by 16: master modes
     "large": {"B": 128, "T": 1024, "H": 512, "I": 1},
     "small": {"B": 16, "T": 128, "H": 64, "I": 4},  # quick smoke run
 }
-DEFAULT_GATES = ["-", "C", "U", "R", "UR", "SST", "O", "OR", "OM", "UM"]
+TORCH_MODULES = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
+STANDARD = {"kernel": "sigmoid", "layer": "gate -"}
 
 
 @dataclass
 class Result:
+    threads: int
     shape: str
+    core: str
     level: str
     name: str
     forward_s: float
     forward_min_s: float
     step_s: float
     step_min_s: float
-    speedup_vs_gru: float | None = None
-    ratio_vs_sigmoid: float | None = None
+    speedup_vs_torch: float | None = None
+    ratio_vs_standard: float | None = None
     note: str = ""
     samples_forward: list[float] = field(default_factory=list)
     samples_step: list[float] = field(default_factory=list)
@@ -78,92 +85,80 @@ def _loss(out: torch.Tensor, h: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------- contenders
-def make_nn_gru(shape, device, dtype, loss_kind, batch_first=False):
+def make_torch(core, shape, device, dtype, loss_kind, batch_first=False):
     B, T, H, I = shape["B"], shape["T"], shape["H"], shape["I"]
-    gru = torch.nn.GRU(I, H, batch_first=batch_first).to(device, dtype)
+    module = TORCH_MODULES[core](I, H, batch_first=batch_first).to(device, dtype)
     x = torch.randn((B, T, I) if batch_first else (T, B, I), device=device, dtype=dtype)
 
     def fwd():
-        return gru(x)
+        return module(x)
 
     def step():
-        out, h = gru(x)
-        _loss(out, h, loss_kind).backward()
+        out, state = module(x)
+        _loss(out, state[0] if core == "lstm" else state, loss_kind).backward()
 
     return fwd, step
 
 
-def make_kernel(shape, device, dtype, loss_kind, mode, backend, plain_projection):
-    from gates.kernels import fused_gru_recurrence, input_projection, mode_spec
+def make_kernel(core, shape, device, dtype, loss_kind, mode, backend, plain_projection, chunk):
+    from gates.kernels import fused_gru_recurrence, fused_lstm_recurrence, input_projection, mode_spec
 
     B, T, H, I = shape["B"], shape["T"], shape["H"], shape["I"]
-    G = mode_spec(mode).gates
+    R = sum(mode_spec(mode).rows(core, H, chunk).values())  # raises when C does not divide H
     g = torch.Generator().manual_seed(0)
     k = H**-0.5
 
     def param(*size):
         return ((torch.rand(*size, generator=g) * 2 - 1) * k).to(device, dtype).requires_grad_()
 
-    w_ih, b_ih, w_hh, b_hh = param(G * H, I), param(G * H), param(G * H, H), param(G * H)
+    w_ih, b_ih, w_hh, b_hh = param(R, I), param(R), param(R, H), param(R)
     x = torch.randn(T, B, I, generator=g).to(device, dtype)
     project = F.linear if plain_projection else input_projection
 
     def fwd():
         gi = project(x, w_ih, b_ih)
-        return fused_gru_recurrence(gi, None, w_hh, b_hh, mode, backend=backend)
+        if core == "gru":
+            return fused_gru_recurrence(gi, None, w_hh, b_hh, mode, backend=backend)
+        return fused_lstm_recurrence(gi, None, None, w_hh, b_hh, mode, backend=backend)
 
     def step():
-        out, h = fwd()
-        _loss(out, h, loss_kind).backward()
+        res = fwd()
+        _loss(res[0], res[1], loss_kind).backward()
 
     return fwd, step
 
 
-def _gate_names(requested):
-    if requested:
-        return list(requested)
-    for mod_name, attr in (
-        ("gates.layers", "available_gates"),
-        ("gates.mechanisms", "available_gates"),
-        ("gates.mechanisms", "GATES"),
-        ("gates.mechanisms", "REGISTRY"),
-    ):
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        obj = getattr(mod, attr, None)
-        if obj is None:
-            continue
-        names = obj() if callable(obj) else obj
-        return list(names)
-    return list(DEFAULT_GATES)
+def make_layer(core, shape, device, dtype, loss_kind, gate, implementation=None, chunk=16):
+    from gates import layers
 
-
-def make_layer(shape, device, dtype, loss_kind, gate, implementation=None):
-    layers = importlib.import_module("gates.layers")
     B, T, H, I = shape["B"], shape["T"], shape["H"], shape["I"]
-    params = inspect.signature(layers.GatedGRU).parameters
-    kwargs = {"batch_first": True}
+    kwargs = {"batch_first": True, "master_chunk": chunk}
     if gate == "C":
-        for name in ("chrono_tmax", "t_max"):
-            if name in params:
-                kwargs[name] = T
-                break
+        kwargs["chrono_tmax"] = T
     if implementation is not None:
         kwargs["implementation"] = implementation
     torch.manual_seed(0)
-    layer = layers.GatedGRU(I, H, gate=gate, **kwargs).to(device, dtype)
+    cls = layers.GatedGRU if core == "gru" else layers.GatedLSTM
+    layer = cls(I, H, gate=gate, **kwargs).to(device, dtype)
     x = torch.randn(B, T, I, device=device, dtype=dtype)
+    path = layer.resolved_implementation()
 
     def fwd():
         return layer(x)
 
     def step():
-        out, h = layer(x)
-        _loss(out, h, loss_kind).backward()
+        out, state = layer(x)
+        _loss(out, state[0] if core == "lstm" else state, loss_kind).backward()
 
-    return fwd, step
+    return (fwd, step), path
+
+
+def _gate_names(requested):
+    if requested:
+        return list(requested)
+    from gates.mechanisms import GATES
+
+    return list(GATES)
 
 
 # --------------------------------------------------------------------- timing
@@ -175,40 +170,39 @@ def _time(fn: Callable[[], object], device) -> float:
     return time.perf_counter() - t0
 
 
-def run_shape(shape_name, args, device, dtype) -> list[Result]:
-    shape = SHAPES[shape_name]
-    contenders: dict[str, tuple] = {}
+def _contenders(core, shape, args, device, dtype):
+    """``{name: (fwd, step)}``, notes per name, and the torch module's name."""
+    torch_name = f"nn.{core.upper()}"
+    contenders = {torch_name: make_torch(core, shape, device, dtype, args.loss, args.level == "layer")}
     notes: dict[str, str] = {}
-    refs: dict[str, str] = {}  # contender -> the "standard" contender it is compared with
-    batch_first = args.level == "layer"
-    contenders["nn.GRU"] = make_nn_gru(shape, device, dtype, args.loss, batch_first)
     if args.level == "kernel":
         from gates.kernels import available_modes, backend_for
 
-        modes = args.modes or list(available_modes())
         backends = args.backends or [backend_for(device, dtype)]
         for be in backends:
-            for mode in modes:
+            for mode in args.modes or available_modes(core):
                 name = mode if len(backends) == 1 else f"{mode}[{be}]"
-                contenders[name] = make_kernel(
-                    shape, device, dtype, args.loss, mode, be, args.plain_projection
-                )
+                try:
+                    contenders[name] = make_kernel(core, shape, device, dtype, args.loss, mode, be,
+                                                   args.plain_projection, args.chunk)
+                except ValueError as exc:  # master modes when C does not divide H
+                    print(f"# {core} {mode}: skipped ({exc})", file=sys.stderr)
+                    continue
                 notes[name] = f"backend={be}"
-                refs[name] = "sigmoid" if len(backends) == 1 else f"sigmoid[{be}]"
     else:
-        try:
-            importlib.import_module("gates.layers")
-        except ImportError as exc:
-            raise SystemExit(f"--level layer needs gates.layers ({exc})") from None
         for gate in _gate_names(args.gates):
             try:
-                contenders[f"gate {gate}"] = make_layer(
-                    shape, device, dtype, args.loss, gate, args.implementation
-                )
-                refs[f"gate {gate}"] = "gate -"
-            except Exception as exc:  # a gate the layer does not support yet
-                print(f"# skipping gate {gate!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                contenders[f"gate {gate}"], notes[f"gate {gate}"] = make_layer(
+                    core, shape, device, dtype, args.loss, gate, args.implementation, args.chunk)
+            except Exception as exc:  # a gate this layer or shape does not support
+                print(f"# skipping {core} gate {gate!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return contenders, notes, torch_name
 
+
+def run_case(threads, shape_name, core, args, device, dtype) -> list[Result]:
+    """Time every contender of one core at one shape, round-robin."""
+    shape = SHAPES[shape_name]
+    contenders, notes, torch_name = _contenders(core, shape, args, device, dtype)
     fwd_t = {n: [] for n in contenders}
     step_t = {n: [] for n in contenders}
     for i in range(args.warmup + args.repeats):
@@ -220,50 +214,40 @@ def run_shape(shape_name, args, device, dtype) -> list[Result]:
                 fwd_t[name].append(tf)
                 step_t[name].append(ts)
         if args.verbose:
-            print(f"# {shape_name}: round {i + 1}/{args.warmup + args.repeats}", file=sys.stderr)
-
+            print(f"# {threads} threads, {shape_name}, {core}: round {i + 1}/{args.warmup + args.repeats}",
+                  file=sys.stderr)
+    base = statistics.median(step_t[torch_name])
+    standard = STANDARD[args.level]
     results = []
-    base = statistics.median(step_t["nn.GRU"])
     for name in contenders:
         med = statistics.median(step_t[name])
-        ref_name = refs.get(name) if refs.get(name) in step_t else None
-        results.append(
-            Result(
-                shape=shape_name,
-                level=args.level,
-                name=name,
-                forward_s=statistics.median(fwd_t[name]),
-                forward_min_s=min(fwd_t[name]),
-                step_s=med,
-                step_min_s=min(step_t[name]),
-                speedup_vs_gru=base / med,
-                ratio_vs_sigmoid=(
-                    med / statistics.median(step_t[ref_name])
-                    if ref_name
-                    else None
-                ),
-                note=notes.get(name, ""),
-                samples_forward=fwd_t[name],
-                samples_step=step_t[name],
-            )
-        )
+        ref = standard if name != torch_name else None
+        if ref is not None and "[" in name:  # several backends: compare with the same backend's standard
+            ref = f"{standard}[{name.split('[')[1]}"
+        results.append(Result(
+            threads=threads, shape=shape_name, core=core, level=args.level, name=name,
+            forward_s=statistics.median(fwd_t[name]), forward_min_s=min(fwd_t[name]),
+            step_s=med, step_min_s=min(step_t[name]), speedup_vs_torch=base / med,
+            ratio_vs_standard=med / statistics.median(step_t[ref]) if ref in step_t else None,
+            note=notes.get(name, ""), samples_forward=fwd_t[name], samples_step=step_t[name]))
     return results
 
 
 def markdown(results: list[Result], header: str) -> str:
-    ref = "gate -" if any(r.level == "layer" for r in results) else "sigmoid"
+    ref = STANDARD[results[0].level] if results else "standard"
     lines = [
         header,
         "",
-        f"| shape | contender | forward s (min) | fwd+bwd s (min) | speedup vs nn.GRU | time / {ref} |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| threads | shape | core | contender | forward s (min) | fwd+bwd s (min) | speedup vs torch | "
+        f"time / {ref} | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        sp = f"{r.speedup_vs_gru:.2f}x" if r.speedup_vs_gru else ""
-        rs = f"{r.ratio_vs_sigmoid:.2f}" if r.ratio_vs_sigmoid else ""
+        sp = f"{r.speedup_vs_torch:.2f}x" if r.speedup_vs_torch else ""
+        rs = f"{r.ratio_vs_standard:.2f}" if r.ratio_vs_standard else ""
         lines.append(
-            f"| {r.shape} | {r.name} | {r.forward_s:.3f} ({r.forward_min_s:.3f}) | "
-            f"{r.step_s:.3f} ({r.step_min_s:.3f}) | {sp} | {rs} |"
+            f"| {r.threads} | {r.shape} | {r.core} | {r.name} | {r.forward_s:.3f} ({r.forward_min_s:.3f}) | "
+            f"{r.step_s:.3f} ({r.step_min_s:.3f}) | {sp} | {rs} | {r.note} |"
         )
     return "\n".join(lines)
 
@@ -286,23 +270,26 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--level", choices=["kernel", "layer"], default="kernel")
+    p.add_argument("--cores", nargs="+", choices=["gru", "lstm"], default=["gru", "lstm"])
     p.add_argument(
         "--shapes", nargs="+", choices=sorted(SHAPES), default=["scifar", "large"],
-        help="scifar: B=50 T=1024 H=181 I=1; large: B=128 T=1024 H=512 I=1; small: smoke test",
+        help="scifar: B=50 T=1024 H=181 I=1; scifar176: H=176; large: B=128 T=1024 H=512 I=1; small: smoke test",
     )
     p.add_argument("--repeats", type=int, default=5, help="timed runs per contender (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (includes the C++ build)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="torch.set_num_threads, one run per value (default: torch's)")
     p.add_argument("--modes", nargs="+", default=None, help="kernel modes (default: all)")
+    p.add_argument("--chunk", type=int, default=16, help="master downsize factor C (master modes)")
     p.add_argument(
         "--backends", nargs="+", choices=["cpp", "generic"], default=None,
         help="kernel backends (default: the one backend_for(device) picks)",
     )
     p.add_argument("--gates", nargs="+", default=None, help="layer level: gate names (default: all known)")
     p.add_argument("--implementation", default=None,
-                   help="layer level: GatedGRU(implementation=...) (default: the layer's own default)")
+                   help="layer level: implementation=... of the layers (default: the layer's own default)")
     p.add_argument("--loss", choices=["full", "last"], default="full",
                    help="full: out.sum()+h_T.sum(); last: h_T.sum() only")
     p.add_argument("--plain-projection", action="store_true",
@@ -320,17 +307,17 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available here")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     results: list[Result] = []
     t0 = time.perf_counter()
-    for shape_name in args.shapes:
-        results.extend(run_shape(shape_name, args, device, dtype))
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        for shape_name in args.shapes:
+            for core in args.cores:
+                results.extend(run_case(threads, shape_name, core, args, device, dtype))
     header = (
-        f"level={args.level} device={device} dtype={args.dtype} threads={torch.get_num_threads()} "
-        f"torch={torch.__version__} repeats={args.repeats} loss={args.loss} "
-        f"(median of repeats, min in parentheses; load average "
+        f"level={args.level} device={device} dtype={args.dtype} torch={torch.__version__} "
+        f"repeats={args.repeats} loss={args.loss} (median of repeats, min in parentheses; load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())})"
     )
     print(markdown(results, header))
@@ -338,9 +325,7 @@ def main(argv=None) -> int:
         payload = {
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                        "loadavg": os.getloadavg()},
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
             "shapes": {s: SHAPES[s] for s in args.shapes},
             "wall_s": time.perf_counter() - t0,
             "results": [asdict(r) for r in results],

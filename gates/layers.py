@@ -21,8 +21,11 @@ Paths (``implementation``):
   and ``proj_size > 0``;
 * ``"fused"`` — the fused recurrence of the core (:data:`FUSED_RECURRENCES`, from
   :mod:`gates.kernels`) in the mechanism's kernel mode, where the kernels have that mode;
+* ``"triton"`` — the Triton kernels of :mod:`gates.kernels` (:data:`TRITON_RECURRENCES`; CUDA, or
+  the CPU under ``TRITON_INTERPRET=1``), every mode on both cores; needs the ``triton`` extra;
 * ``"reference"`` — :mod:`gates.functional`, plain autograd, every mechanism;
-* ``"auto"`` (default) — gate ``-``: on the CPU the fused loop when the kernels' compiled
+* ``"auto"`` (default) — on CUDA with triton installed, every gate but ``-`` runs on Triton;
+  gate ``-``: on the CPU the fused loop when the kernels' compiled
   backend is available (it beats nn.GRU there, see ``docs/benchmarks.md``), else torch's
   kernel (cuDNN on CUDA). Other mechanisms: fused when the kernels have their mode, else
   reference.
@@ -45,10 +48,10 @@ from torch import Tensor, nn
 from soensim.layouts import Cell, Layout, gate_layout, rnn_cells
 
 from . import functional as F
-from .kernels import available_modes, backend_for, fused_gru_recurrence, input_projection
+from .kernels import available_modes, backend_for, fused_gru_recurrence, fused_lstm_recurrence, input_projection
 from .mechanisms import DEFAULT_MASTER_CHUNK, Core, Mechanism, get_mechanism
 
-IMPLEMENTATIONS = ("auto", "torch", "fused", "reference")
+IMPLEMENTATIONS = ("auto", "torch", "fused", "triton", "reference")
 
 #: A layer's recurrent state: GRU ``(h,)``, LSTM ``(h, c)``; each (B, H) per cell or (L·D, B, H) stacked.
 State = tuple[Tensor, ...]
@@ -59,16 +62,50 @@ def _fused_gru(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, mode
     return out, (h,)
 
 
+def _fused_lstm(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, mode: str) -> tuple[Tensor, State]:
+    out, h, c = fused_lstm_recurrence(gi, state[0], state[1], w_hh, b_hh, mode)
+    return out, (h, c)
+
+
 #: Fused recurrence of each core: ``(gi (T, B, G), state, w_hh, b_hh, mode) -> (out (T, B, H), state)``,
 #: with ``gi = x W_ih^T + b_ih`` from :func:`gates.kernels.input_projection`.
 FUSED_RECURRENCES: dict[str, Callable[[Tensor, State, Tensor, Tensor | None, str], tuple[Tensor, State]]] = {
     "gru": _fused_gru,
+    "lstm": _fused_lstm,
 }
+
+
+def triton_available(device: Any) -> bool:
+    """Triton is installed and its kernels run on ``device`` here (CUDA; the CPU under ``TRITON_INTERPRET=1``)."""
+    try:
+        from .kernels import triton_common
+    except ImportError:
+        return False
+    return torch.device(device).type == triton_common.kernel_device()
+
+
+def _triton_gru(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, mode: str) -> tuple[Tensor, State]:
+    from .kernels.triton_gru import triton_gru_recurrence
+
+    out, h = triton_gru_recurrence(gi, state[0], w_hh, b_hh, mode)
+    return out, (h,)
+
+
+def _triton_lstm(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, mode: str) -> tuple[Tensor, State]:
+    from .kernels.triton_lstm import triton_lstm_recurrence
+
+    out, h, c = triton_lstm_recurrence(gi, state[0], state[1], w_hh, b_hh, mode)
+    return out, (h, c)
+
+
+#: Triton recurrence of each core, same call as :data:`FUSED_RECURRENCES` (imported on first use).
+TRITON_RECURRENCES = {"gru": _triton_gru, "lstm": _triton_lstm}
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def fused_available(core: str, mode: str) -> bool:
     """True when :mod:`gates.kernels` runs kernel ``mode`` on ``core`` fused."""
-    return core in FUSED_RECURRENCES and mode in available_modes()
+    return core in FUSED_RECURRENCES and mode in available_modes(core)
 
 
 class _GatedRNN(nn.Module):
@@ -172,11 +209,14 @@ class _GatedRNN(nn.Module):
                              f"got gate={self.gate!r}, implementation={impl!r}")
         if impl == "torch" and self.gate != "-":
             raise ValueError(f"implementation='torch' supports gate '-' only; got gate={self.gate!r}")
+        if impl == "triton" and (self.bidirectional or self.proj_size or not triton_available(self._param().device)):
+            raise ValueError("implementation='triton' needs triton installed, a CUDA device (or the CPU under "
+                             "TRITON_INTERPRET=1), one direction and no projection")
         mode = self.mechanism.fused_mode
         if impl == "fused" and not fused_available(self.core, mode):
             cores = "/".join(c.upper() for c in FUSED_RECURRENCES)
             raise ValueError(f"implementation='fused' needs a {cores} core with a fused kernel mode "
-                             f"{available_modes()}; got {self.core} gate {self.gate!r} (mode {mode!r})")
+                             f"{available_modes(self.core)}; got {self.core} gate {self.gate!r} (mode {mode!r})")
 
     def _param(self) -> Tensor:
         return next(self.parameters())  # the raw parameter: device/dtype without running a transform
@@ -187,9 +227,12 @@ class _GatedRNN(nn.Module):
         if impl != "auto":
             self._check_implementation(impl)
             return impl
+        p = self._param()
+        if (self.gate != "-" and p.device.type == "cuda" and p.dtype in _TRITON_DTYPES
+                and not (self.bidirectional or self.proj_size) and triton_available(p.device)):
+            return "triton"  # every mechanism cuDNN cannot run
         fused = fused_available(self.core, self.mechanism.fused_mode)
         if self.gate == "-":
-            p = self._param()
             if (fused and not (self.bidirectional or self.proj_size) and p.device.type == "cpu"
                     and backend_for(p.device, p.dtype) == "cpp"):
                 return "fused"  # compiled CPU loop: faster than torch.nn.GRU (docs/benchmarks.md)
@@ -265,9 +308,10 @@ class _GatedRNN(nn.Module):
         for k, c in enumerate(self._cells):  # one direction: cell k is layer k
             params = self._cell_params(c)
             s = tuple(t[k] for t in state)
-            if path == "fused":
+            if path in ("fused", "triton"):
                 gi = input_projection(layer_in, params[0], params[2])
-                out, s = FUSED_RECURRENCES[self.core](gi, s, params[1], params[3], self.mechanism.fused_mode)
+                table = FUSED_RECURRENCES if path == "fused" else TRITON_RECURRENCES
+                out, s = table[self.core](gi, s, params[1], params[3], self.mechanism.fused_mode)
             else:
                 out, s = self._reference(layer_in, s, params, self._on_step(k))
             finals.append(s)
@@ -374,4 +418,5 @@ def build_layer(cell: str, *args: Any, **kwargs: Any) -> _GatedRNN:
     return classes[cell](*args, **kwargs)
 
 
-__all__ = ["FUSED_RECURRENCES", "GatedGRU", "GatedLSTM", "IMPLEMENTATIONS", "build_layer", "fused_available"]
+__all__ = ["FUSED_RECURRENCES", "GatedGRU", "GatedLSTM", "IMPLEMENTATIONS", "TRITON_RECURRENCES", "build_layer",
+           "fused_available", "triton_available"]

@@ -1,40 +1,38 @@
-"""Fast fused GRU recurrences: the time loop of a GRU layer, forward and backward.
+"""Fused recurrences: the time loop of a GRU or LSTM layer, forward and backward, every gate mode.
 
-``fused_gru_recurrence(gi, h0, w_hh, b_hh, mode)`` runs
+``fused_gru_recurrence(gi, h0, w_hh, b_hh, mode)`` and
+``fused_lstm_recurrence(gi, h0, c0, w_hh, b_hh, mode)`` run one layer's recurrence over
+precomputed input projections ``gi`` (T, B, rows) = ``x W_ih^T + b_ih`` (computed by the
+caller in one GEMM, e.g. with :func:`input_projection`)::
 
-    gh_t = h_{t-1} W_hh^T + b_hh                  (blocks r, z, n[, rho])
-    r, z, n from gi_t and gh_t per ``mode``, with n = act(gi_n + r * gh_n)
-    h_t  = (1 - z) * n + z * h_{t-1}              (torch.nn.GRU form)
+    gh_t = h_{t-1} W_hh^T + b_hh                    one GEMM per step
+    GRU : r = P(a_r), n = cand(gi_n + r gh_n),  h_t = g h_{t-1} + i n   (torch.nn.GRU form)
+    LSTM: c_t = g c_{t-1} + i cand(a_cell),     h_t = P(a_output) tanh(c_t)
 
-for t = 0..T-1 and returns ``(out, h_T)`` with ``out`` of shape (T, B, H).
-``gi`` (T, B, G*H) holds the input projections ``x_t W_ih^T + b_ih``, computed by
-the caller in one GEMM. Modes (G = number of H-sized blocks):
+with the effective decay gate g and input gate i of the ``mode``. The modes, their
+row blocks and activations are one table, :mod:`gates.kernels.modes` (``MODES``):
+``sigmoid``, ``refine``, ``sst``, ``cumax``, ``cumax_refine``, ``master_cumax``,
+``master_sigmoid`` — the names ``Mechanism.fused_mode`` returns — on both cores
+(:func:`available_modes`). Master modes take the downsize factor C from the rows of
+``w_hh`` (``rows = G*H + 2*H/C``) or from ``chunk``. The math equals
+:mod:`gates.functional` (the reference recurrence, plain autograd).
 
-``"sigmoid"`` (G=3: r, z, n)
-    r = sigmoid(a_r), z = sigmoid(a_z), n = tanh(a_n) — exactly torch.nn.GRU.
-``"refine"`` (G=4: r, z, n, rho)
-    f = sigmoid(a_z), p = sigmoid(a_rho), effective update gate
-    z = 2 p f + (1 - 2 p) f**2 (Gu et al. refine gate); r, n as in "sigmoid".
-``"sst"`` (G=3: r, z, n)
-    r = sigmoid(a_r)**2, z = sigmoid(a_z)**2, n = tanh(a_n) * |tanh(a_n)|
-    (squared sigmoid-tanh; the square of tanh keeps tanh's sign).
-
-The result is differentiable w.r.t. ``gi``, ``h0``, ``w_hh`` and ``b_hh``
+Results are differentiable w.r.t. ``gi``, the initial states, ``w_hh`` and ``b_hh``
 through a hand-written backward (first order only). Backends:
 
-``"cpp"``      CPU, float32/float64: C++ extension built on first use (~10 s).
-``"generic"``  any device/dtype: torch ops in a Python loop (used on CUDA and as
-               the CPU fallback when the extension cannot be built).
+``"cpp"``      CPU, float32/float64: C++ extension built on first use (about a minute).
+``"generic"``  any device/dtype: torch ops in a Python loop (used on CUDA and as the
+               CPU fallback when the extension cannot be built).
 
 ``backend_for(device, dtype)`` says which one a call will use;
-``SOENSIM_GRU_BACKEND=generic`` forces the generic one.
+``SOENSIM_GRU_BACKEND=generic`` forces the generic one (both cores).
 
-``input_projection(x, w_ih, b_ih)`` computes ``gi`` (one GEMM, differentiable);
-with the C++ backend its output comes from the kernel's buffer pool, which saves
-re-faulting ~100 MB of fresh memory per training step at s-CIFAR sizes.
-The pool keeps freed kernel buffers for reuse up to ``SOENSIM_GRU_POOL_MB``
-(default: a quarter of RAM, at most 8 GiB; 0 disables it);
-``gates.kernels.cpu.empty_cache()`` releases them, ``cpu.pool_stats()`` counts.
+``input_projection(x, w_ih, b_ih)`` computes ``gi`` (one GEMM, differentiable); with
+the C++ backend its output comes from the kernel's buffer pool, which saves re-faulting
+~100 MB of fresh memory per training step at s-CIFAR sizes. The pool keeps freed kernel
+buffers for reuse up to ``SOENSIM_GRU_POOL_MB`` (default: a quarter of RAM, at most
+8 GiB; 0 disables it); ``gates.kernels.cpu.empty_cache()`` releases them,
+``cpu.pool_stats()`` counts.
 """
 
 from __future__ import annotations
@@ -44,16 +42,19 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import cpu as _cpu
-from .generic import MODES, GenericImpl, ModeSpec, check_inputs, mode_spec, run
+from .functions import run_gru, run_lstm
+from .generic import GenericImpl
+from .modes import CORES, MODES, KernelMode, check_inputs, mode_spec
 
 __all__ = [
     "fused_gru_recurrence",
+    "fused_lstm_recurrence",
     "input_projection",
     "available_modes",
     "available_backends",
     "backend_for",
     "mode_spec",
-    "ModeSpec",
+    "KernelMode",
     "MODES",
 ]
 
@@ -61,8 +62,10 @@ _BACKENDS = ("cpp", "generic")
 _CPP_DTYPES = (torch.float32, torch.float64)
 
 
-def available_modes() -> tuple[str, ...]:
-    """Names of the recurrence modes, e.g. ``("sigmoid", "refine", "sst")``."""
+def available_modes(core: str = "gru") -> tuple[str, ...]:
+    """Names of the fused modes of ``core`` (``"gru"`` or ``"lstm"``): every mode of :data:`MODES`."""
+    if core not in CORES:
+        raise ValueError(f"core: expected one of {', '.join(CORES)}, got {core!r}")
     return tuple(MODES)
 
 
@@ -82,19 +85,29 @@ def backend_for(device="cpu", dtype: torch.dtype = torch.float32) -> str:
     return "generic"
 
 
-def _impl(name: str, gi: torch.Tensor):
-    if name == "generic":
+def _impl(backend: str | None, gi: torch.Tensor):
+    if backend is None or backend == "auto":
+        backend = backend_for(gi.device, gi.dtype)
+    if backend == "generic":
         return GenericImpl
-    # name == "cpp"
+    if backend != "cpp":
+        raise ValueError(f"backend: unknown backend {backend!r}; known: auto, {', '.join(_BACKENDS)}")
     if gi.device.type != "cpu":
         raise ValueError(f"backend: 'cpp' runs on the CPU only, gi is on {gi.device}")
     if gi.dtype not in _CPP_DTYPES:
         raise ValueError(f"backend: 'cpp' supports float32/float64, got {gi.dtype}")
     if not _cpu.load():
-        raise RuntimeError(
-            f"backend: the C++ extension is not available ({_cpu.build_info()['error']})"
-        )
+        raise RuntimeError(f"backend: the C++ extension is not available ({_cpu.build_info()['error']})")
     return _cpu.CppImpl
+
+
+def _zeros_for_none(gi, state, w_hh, b_hh):
+    """Zero initial states / recurrent bias for the ``None`` arguments (shapes from ``gi``, ``w_hh``)."""
+    if isinstance(gi, torch.Tensor) and isinstance(w_hh, torch.Tensor) and gi.dim() == 3 and w_hh.dim() == 2:
+        state = tuple(gi.new_zeros((gi.shape[1], w_hh.shape[1])) if s is None else s for s in state)
+        if b_hh is None:
+            b_hh = w_hh.new_zeros((w_hh.shape[0],))
+    return state, b_hh
 
 
 def fused_gru_recurrence(
@@ -104,37 +117,56 @@ def fused_gru_recurrence(
     b_hh: torch.Tensor | None,
     mode: str = "sigmoid",
     *,
+    chunk: int | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the GRU recurrence over precomputed input projections.
 
     Args:
-        gi: (T, B, G*H) input projections ``x W_ih^T + b_ih``, blocks in the mode's order.
+        gi: (T, B, rows) input projections ``x W_ih^T + b_ih``, blocks reset, update, candidate
+            [, refine][, master_forget, master_input] (``MODES[mode].blocks("gru")``).
         h0: (B, H) initial state, or None for zeros.
-        w_hh: (G*H, H) recurrent weights (torch.nn.GRU layout, blocks stacked).
-        b_hh: (G*H,) recurrent bias, or None for zeros.
+        w_hh: (rows, H) recurrent weights (torch.nn.GRU layout, blocks stacked).
+        b_hh: (rows,) recurrent bias, or None for zeros.
         mode: one of :func:`available_modes`.
+        chunk: master downsize factor C (master modes); None takes it from ``w_hh``'s rows.
         backend: None/"auto" (pick with :func:`backend_for`), "cpp" or "generic".
 
     Returns:
         ``(out, h_T)``: all states (T, B, H) and the last one (B, H).
     """
-    spec = mode_spec(mode)
-    if isinstance(w_hh, torch.Tensor) and isinstance(gi, torch.Tensor):
-        if h0 is None and gi.dim() == 3 and w_hh.dim() == 2:
-            h0 = gi.new_zeros((gi.shape[1], w_hh.shape[1]))
-        if b_hh is None and w_hh.dim() == 2:
-            b_hh = w_hh.new_zeros((w_hh.shape[0],))
-    check_inputs(gi, h0, w_hh, b_hh, mode)
-    if backend is None or backend == "auto":
-        name = backend_for(gi.device, gi.dtype)
-    elif backend in _BACKENDS:
-        name = backend
-    else:
-        raise ValueError(
-            f"backend: unknown backend {backend!r}; known: auto, {', '.join(_BACKENDS)}"
-        )
-    return run(gi, h0, w_hh, b_hh, spec, _impl(name, gi))
+    (h0,), b_hh = _zeros_for_none(gi, (h0,), w_hh, b_hh)
+    _, _, _, M, spec = check_inputs("gru", gi, (h0,), w_hh, b_hh, mode, chunk)
+    return run_gru(gi, h0, w_hh, b_hh, spec, M, _impl(backend, gi))
+
+
+def fused_lstm_recurrence(
+    gi: torch.Tensor,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    w_hh: torch.Tensor,
+    b_hh: torch.Tensor | None,
+    mode: str = "sigmoid",
+    *,
+    chunk: int | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the LSTM recurrence over precomputed input projections.
+
+    Args:
+        gi: (T, B, rows) input projections, blocks input, forget, cell, output
+            [, master_forget, master_input] (``MODES[mode].blocks("lstm")``; refine modes hold
+            the refine gate in the input block).
+        h0, c0: (B, H) initial hidden and cell states, or None for zeros.
+        w_hh: (rows, H) recurrent weights (torch.nn.LSTM layout); b_hh: (rows,) or None.
+        mode, chunk, backend: as :func:`fused_gru_recurrence`.
+
+    Returns:
+        ``(out, h_T, c_T)``: all hidden states (T, B, H), the last hidden and cell states (B, H).
+    """
+    (h0, c0), b_hh = _zeros_for_none(gi, (h0, c0), w_hh, b_hh)
+    _, _, _, M, spec = check_inputs("lstm", gi, (h0, c0), w_hh, b_hh, mode, chunk)
+    return run_lstm(gi, h0, c0, w_hh, b_hh, spec, M, _impl(backend, gi))
 
 
 class _PooledLinear(torch.autograd.Function):

@@ -1,11 +1,12 @@
-"""Build, load and call the C++ CPU kernel (``gru_cpu.cpp``).
+"""Build, load and call the C++ CPU kernels (``gru_cpu.cpp``, ``lstm_cpu.cpp``, ``rnn_cpu.cpp``).
 
 The extension is compiled on first use with ``torch.utils.cpp_extension.load``
-(ninja, about 10 s) into ``$TORCH_EXTENSIONS_DIR`` (default
+(ninja, 45-65 s on two busy cores) into ``$TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``) under a folder named after the torch and Python
 versions, so a cached build is never loaded into a different torch. Later
 processes reuse the cached library. It registers the ops
-``torch.ops.soensim_gru.{forward,backward}``.
+``torch.ops.soensim_rnn.{gru,lstm}_{forward,backward}`` (mode flags from
+:data:`gates.kernels.modes.MODES`).
 
 If the build fails (no compiler, no ninja, ...) a warning is issued once and
 :func:`available` returns False; ``gates.kernels`` then falls back to the
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from .modes import KernelMode
+
 __all__ = [
     "available",
     "load",
@@ -35,12 +38,15 @@ __all__ = [
     "empty_cache",
     "pool_stats",
     "CppImpl",
-    "SOURCE",
+    "SOURCES",
     "EXT_NAME",
 ]
 
-SOURCE = Path(__file__).with_name("gru_cpu.cpp")
-EXT_NAME = "soensim_gru_cpu"
+_HERE = Path(__file__).parent
+#: The translation units of the extension; ``rnn_cpu.h`` holds their shared pieces.
+SOURCES = tuple(_HERE / name for name in ("rnn_cpu.cpp", "gru_cpu.cpp", "lstm_cpu.cpp"))
+HEADER = _HERE / "rnn_cpu.h"
+EXT_NAME = "soensim_rnn_cpu"
 # -O3 only: the float element loops are multi-versioned inside the source
 # (x86-64-v4 / v3 / baseline picked at load time), so no -march=native is needed
 # (measured: no faster) and a cached build stays valid on another x86-64 machine.
@@ -87,7 +93,7 @@ def load(verbose: bool = False) -> bool:
             build_dir = _build_directory()
             build_dir.mkdir(parents=True, exist_ok=True)
             path, errors = None, []
-            digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+            digest = _digest()
             for tag, flags in BUILD_VARIANTS:
                 failed_marker = build_dir / f"{tag}.failed"
                 if tag != BUILD_VARIANTS[-1][0] and _marker_matches(failed_marker, digest):
@@ -98,7 +104,7 @@ def load(verbose: bool = False) -> bool:
                 try:
                     path = _load_ext(
                         name=f"{EXT_NAME}_{tag}",
-                        sources=[str(SOURCE)],
+                        sources=[str(p) for p in SOURCES],
                         build_directory=str(variant_dir),
                         is_python_module=False,
                         verbose=verbose,
@@ -114,11 +120,11 @@ def load(verbose: bool = False) -> bool:
                         pass
             if path is None:
                 raise errors[-1] if errors else RuntimeError("no build variant left to try")
-            torch.ops.soensim_gru.forward  # noqa: B018  (raises if not registered)
+            torch.ops.soensim_rnn.gru_forward  # noqa: B018  (raises if not registered)
         except Exception as exc:  # any build or load failure -> generic fallback
             _state["error"] = exc
             warnings.warn(
-                f"soensim: could not build the C++ GRU kernel ({_summary(exc)}); "
+                f"soensim: could not build the C++ recurrence kernels ({_summary(exc)}); "
                 "falling back to the generic torch implementation (slower on CPU). "
                 "gates.kernels.cpu.build_info() has the details.",
                 RuntimeWarning,
@@ -127,6 +133,14 @@ def load(verbose: bool = False) -> bool:
             return False
         _state.update(loaded=True, path=path, seconds=time.perf_counter() - t0)
         return True
+
+
+def _digest() -> str:
+    """Hash of the sources and the header: a failed build is remembered for this code only."""
+    h = hashlib.sha256()
+    for p in (*SOURCES, HEADER):
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _marker_matches(marker: Path, digest: str) -> bool:
@@ -165,14 +179,14 @@ def build_info() -> dict:
 
 def empty_pooled(shape, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialized contiguous CPU tensor from the kernel's buffer pool."""
-    return torch.ops.soensim_gru.empty_pooled(list(shape), dtype)
+    return torch.ops.soensim_rnn.empty_pooled(list(shape), dtype)
 
 
 def pool_stats() -> dict:
     """Buffer-pool counters: bytes/blocks held for reuse, hits, misses, limit."""
     if not load():
         return {}
-    cached, blocks, hits, misses, limit = torch.ops.soensim_gru.pool_stats()
+    cached, blocks, hits, misses, limit = torch.ops.soensim_rnn.pool_stats()
     return {
         "cached_bytes": cached,
         "cached_blocks": blocks,
@@ -185,22 +199,32 @@ def pool_stats() -> dict:
 def empty_cache() -> None:
     """Return the buffers the pool holds for reuse to the OS."""
     if _state["loaded"]:
-        torch.ops.soensim_gru.pool_clear()
+        torch.ops.soensim_rnn.pool_clear()
 
 
 class CppImpl:
-    """Forward/backward loops in compiled code (CPU, float32/float64)."""
+    """Forward/backward loops in compiled code (CPU, float32/float64); the interface of
+    :class:`gates.kernels.generic.GenericImpl`."""
 
     name = "cpp"
 
     @staticmethod
-    def forward(gi, h0, w_hh, b_hh, mode_id: int, save: bool):
-        out, saved = torch.ops.soensim_gru.forward(gi, h0, w_hh, b_hh, mode_id, save)
+    def gru_forward(gi, h0, w_hh, b_hh, spec: KernelMode, M: int, save: bool):
+        out, saved = torch.ops.soensim_rnn.gru_forward(gi, h0, w_hh, b_hh, *spec.flags, M, save)
         return out, saved
 
     @staticmethod
-    def backward(grad_out, grad_hT, h0, w_hh, out, saved, mode_id: int):
-        d_gi, d_h0, d_w, d_b = torch.ops.soensim_gru.backward(
-            grad_out, grad_hT, h0, w_hh, out, saved, mode_id
-        )
+    def gru_backward(grad_out, grad_hT, h0, w_hh, out, saved, spec: KernelMode, M: int):
+        d_gi, d_h0, d_w, d_b = torch.ops.soensim_rnn.gru_backward(
+            grad_out, grad_hT, h0, w_hh, out, saved, *spec.flags, M)
         return d_gi, d_h0, d_w, d_b
+
+    @staticmethod
+    def lstm_forward(gi, h0, c0, w_hh, b_hh, spec: KernelMode, M: int, save: bool):
+        out, c_T, saved = torch.ops.soensim_rnn.lstm_forward(gi, h0, c0, w_hh, b_hh, *spec.flags, M, save)
+        return out, c_T, saved
+
+    @staticmethod
+    def lstm_backward(grad_out, grad_hT, grad_cT, h0, c0, w_hh, out, saved, spec: KernelMode, M: int):
+        return tuple(torch.ops.soensim_rnn.lstm_backward(
+            grad_out, grad_hT, grad_cT, h0, c0, w_hh, out, saved, *spec.flags, M))

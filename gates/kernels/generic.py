@@ -1,183 +1,241 @@
-"""Device-generic fused GRU recurrence: torch ops in a Python time loop, hand-written backward.
+"""Device-generic fused recurrences: torch ops in a Python time loop, hand-written backward.
 
-This is the implementation used on CUDA (and any other device) and the CPU
-fallback when the C++ extension cannot be built. It follows exactly the same
-algorithm and saved-tensor layout as ``gru_cpu.cpp``:
+Used on CUDA (and any other device or dtype) and as the CPU fallback when the C++
+extension cannot be built. It implements every mode of :mod:`gates.kernels.modes` on
+both cores with the same algorithm and saved-tensor layout as the C++ kernel: one
+recurrent GEMM per step forward; backward runs the loop in reverse with one GEMM per
+step for ``dh_{t-1}`` and forms ``dW_hh`` with a single GEMM over all steps after the
+loop, so both directions cost O(T).
 
-forward, for t = 0..T-1 (``gi`` already holds ``x_t W_ih^T + b_ih``)::
-
-    gh   = b_hh + h W_hh^T                       one GEMM per step, blocks r, z, n[, rho]
-    a_r  = gi_r + gh_r;  a_z = gi_z + gh_z;  a_n = gi_n + r * gh_n
-    sigmoid: r = s(a_r),    z = s(a_z),                      n = tanh(a_n)
-    refine : r = s(a_r),    z = 2 p f + (1 - 2 p) f**2,      n = tanh(a_n)
-             with f = s(a_z), p = s(a_rho)
-    sst    : r = s(a_r)**2, z = s(a_z)**2,                   n = tanh(a_n) * |tanh(a_n)|
-    h    = (1 - z) * n + z * h                   (torch.nn.GRU form)
-
-per step it saves ``[s(a_r), s(a_z), tanh(a_n), gh_n(, s(a_rho))]``; backward runs
-the loop in reverse (one GEMM per step for ``dh_{t-1}``) and forms ``dW_hh`` with
-a single GEMM over all steps after the loop, so its cost is O(T).
-
-The shared pieces — mode table, input validation and the autograd Function that
-both backends plug into — live here too.
+The gate algebra shared by the cores (decay gate, tied or independent input gate,
+refine gate, master gates) is :func:`effective_gates` / :func:`effective_gates_grad`,
+working on the *base activations* that are saved per step (sigmoid values, softmax for
+cumax blocks).
 """
-
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
-__all__ = [
-    "MODES",
-    "ModeSpec",
-    "mode_spec",
-    "check_inputs",
-    "GenericImpl",
-    "FusedGRUFunction",
-    "run",
-]
+from .modes import KernelMode
+
+__all__ = ["GenericImpl", "block_slices", "effective_gates", "effective_gates_grad"]
 
 
-@dataclass(frozen=True)
-class ModeSpec:
-    """A recurrence mode: its id in the C++ kernel, gate blocks and saved rows."""
-
-    name: str
-    mode_id: int
-    blocks: tuple[str, ...]
-    description: str
-
-    @property
-    def gates(self) -> int:
-        """G, the number of H-sized blocks in ``gi``, ``w_hh`` and ``b_hh``."""
-        return len(self.blocks)
-
-    @property
-    def saved_rows(self) -> int:
-        """K, the H-sized rows saved per step and batch element for backward."""
-        return self.gates + 1
+def block_slices(spec: KernelMode, core: str, H: int, M: int) -> dict[str, slice]:
+    """Column slice of every block in ``gi`` (and in the saved vector), plus ``tail`` (the last H)."""
+    out, start = {}, 0
+    for name in spec.blocks(core):
+        n = M if name.startswith("master_") else H
+        out[name] = slice(start, start + n)
+        start += n
+    out["tail"] = slice(start, start + H)
+    return out
 
 
-MODES: dict[str, ModeSpec] = {
-    "sigmoid": ModeSpec(
-        "sigmoid", 0, ("r", "z", "n"), "r, z = sigmoid; n = tanh (torch.nn.GRU)"
-    ),
-    "refine": ModeSpec(
-        "refine",
-        1,
-        ("r", "z", "n", "rho"),
-        "effective update gate 2*rho*f + (1-2*rho)*f**2 with f, rho = sigmoid",
-    ),
-    "sst": ModeSpec(
-        "sst", 2, ("r", "z", "n"), "r, z = sigmoid**2; n = tanh*|tanh| (sign kept)"
-    ),
-}
+def _plain(s: Tensor, sq: bool) -> Tensor:
+    return s * s if sq else s
 
 
-def mode_spec(mode: str) -> ModeSpec:
-    """Look a mode up by name; an unknown name lists the known ones."""
-    try:
-        return MODES[mode]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"mode: unknown recurrence mode {mode!r}; known modes: {', '.join(MODES)}"
-        ) from None
+def _plain_grad(s: Tensor, sq: bool) -> Tensor:
+    """d P(a) / d a from the sigmoid value s (P = sigmoid, or sigmoid² when ``sq``)."""
+    return 2 * s * s * (1 - s) if sq else s * (1 - s)
 
 
-def _shape(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
+def _cand(t: Tensor, sq: bool) -> Tensor:
+    return t * t.abs() if sq else t
 
 
-def check_inputs(gi, h0, w_hh, b_hh, mode: str) -> tuple[int, int, int, ModeSpec]:
-    """Validate the arguments of ``fused_gru_recurrence``; return ``(T, B, H, spec)``.
+def _cand_grad(t: Tensor, sq: bool) -> Tensor:
+    """d cand(a) / d a from t = tanh(a)."""
+    return 2 * t.abs() * (1 - t * t) if sq else 1 - t * t
 
-    Errors name the argument and the expected shape.
+
+def _cumax_grad(s: Tensor, dy: Tensor) -> Tensor:
+    """Gradient w.r.t. a of y = cumsum(softmax(a)), from s = softmax(a) and dy = dL/dy."""
+    u = dy.flip(-1).cumsum(-1).flip(-1)
+    return s * (u - (s * u).sum(-1, keepdim=True))
+
+
+def _expand(x: Tensor, C: int) -> Tensor:
+    return x.repeat_interleave(C, dim=-1)
+
+
+def _chunk_sum(x: Tensor, C: int) -> Tensor:
+    return x.unflatten(-1, (-1, C)).sum(-1)
+
+
+def _bases(spec: KernelMode, core: str, a: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Base activations of the gate blocks from their pre-activations (softmax or sigmoid)."""
+    decay = "forget" if core == "lstm" else "update"
+    soft = spec.activation == "cumax"
+    b = {decay: torch.softmax(a[decay], -1) if soft else torch.sigmoid(a[decay])}
+    if spec.refine:
+        b["refine"] = torch.sigmoid(a["input" if core == "lstm" else "refine"])
+    elif core == "lstm":
+        b["input"] = torch.softmax(a["input"], -1) if soft else torch.sigmoid(a["input"])
+    if spec.master is not None:
+        act = (lambda x: torch.softmax(x, -1)) if spec.master == "cumax" else torch.sigmoid
+        b["master_forget"], b["master_input"] = act(a["master_forget"]), act(a["master_input"])
+    return b
+
+
+def effective_gates(spec: KernelMode, core: str, base: dict[str, Tensor], C: int) -> dict[str, Tensor]:
+    """Effective decay gate ``ge`` and input gate ``ie`` from the base activations.
+
+    Also returns the main gates ``g``, ``i`` and, with master gates, the expanded master
+    gates ``mf``, ``mi`` and ``w`` = mf·mi (all (B, H)). ``base`` holds the decay block's
+    base (``update``/``forget``), ``refine`` when the mode has one, the LSTM ``input``
+    base otherwise, and the master bases.
     """
-    spec = mode_spec(mode)
-    G = spec.gates
-    for name, t in (("gi", gi), ("h0", h0), ("w_hh", w_hh), ("b_hh", b_hh)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if w_hh.dim() != 2 or w_hh.shape[0] % G != 0 or w_hh.shape[0] != G * w_hh.shape[1]:
-        raise ValueError(
-            f"w_hh: expected shape (G*H, H) = ({G}*H, H) for mode {mode!r} "
-            f"(blocks {', '.join(spec.blocks)}), got {_shape(w_hh)}"
-        )
-    H = w_hh.shape[1]
-    if gi.dim() != 3 or gi.shape[2] != G * H:
-        raise ValueError(
-            f"gi: expected shape (T, B, G*H) = (T, B, {G * H}) for mode {mode!r} "
-            f"with H={H}, got {_shape(gi)}"
-        )
-    T, B = gi.shape[0], gi.shape[1]
-    if _shape(h0) != (B, H):
-        raise ValueError(f"h0: expected shape (B, H) = ({B}, {H}), got {_shape(h0)}")
-    if _shape(b_hh) != (G * H,):
-        raise ValueError(
-            f"b_hh: expected shape (G*H,) = ({G * H},) for mode {mode!r}, got {_shape(b_hh)}"
-        )
-    for name, t in (("h0", h0), ("w_hh", w_hh), ("b_hh", b_hh)):
-        if t.dtype != gi.dtype:
-            raise TypeError(f"{name}: dtype {t.dtype} differs from gi's dtype {gi.dtype}")
-        if t.device != gi.device:
-            raise ValueError(f"{name}: device {t.device} differs from gi's device {gi.device}")
-    if not gi.dtype.is_floating_point:
-        raise TypeError(f"gi: expected a floating-point dtype, got {gi.dtype}")
-    return T, B, H, spec
+    sq = spec.activation == "sst"
+    decay = base["forget" if core == "lstm" else "update"]
+    f = decay.cumsum(-1) if spec.activation == "cumax" else _plain(decay, sq)
+    if spec.refine:
+        p = base["refine"]
+        g = 2 * p * f + (1 - 2 * p) * f * f
+        i = 1 - g
+    elif core == "gru":
+        g, i = f, 1 - f
+    else:
+        s_i = base["input"]
+        g, i = f, (1 - s_i.cumsum(-1) if spec.activation == "cumax" else _plain(s_i, sq))
+    out = {"f": f, "g": g, "i": i, "ge": g, "ie": i}
+    if spec.master is not None:
+        s_mf, s_mi = base["master_forget"], base["master_input"]
+        if spec.master == "cumax":
+            mf, mi = s_mf.cumsum(-1), 1 - s_mi.cumsum(-1)
+        else:
+            mf, mi = s_mf, s_mi
+        mf, mi = _expand(mf, C), _expand(mi, C)
+        w = mf * mi
+        out.update(mf=mf, mi=mi, w=w, ge=g * w + (mf - w), ie=i * w + (mi - w))
+    return out
+
+
+def effective_gates_grad(spec: KernelMode, core: str, base: dict[str, Tensor], e: dict[str, Tensor],
+                         d_ge: Tensor, d_ie: Tensor, C: int) -> dict[str, Tensor]:
+    """Gradients w.r.t. the gate blocks' pre-activations from dL/d ge and dL/d ie.
+
+    ``e`` is :func:`effective_gates`'s result; returns ``{block: dL/da_block}`` for the
+    decay block, the refine/LSTM input block and the master blocks.
+    """
+    sq = spec.activation == "sst"
+    decay_name = "forget" if core == "lstm" else "update"
+    grads: dict[str, Tensor] = {}
+    if spec.master is not None:
+        w, mf, mi = e["w"], e["mf"], e["mi"]
+        dw = d_ge * (e["g"] - 1) + d_ie * (e["i"] - 1)
+        d_mf, d_mi = _chunk_sum(d_ge + dw * mi, C), _chunk_sum(d_ie + dw * mf, C)
+        s_mf, s_mi = base["master_forget"], base["master_input"]
+        if spec.master == "cumax":
+            grads["master_forget"] = _cumax_grad(s_mf, d_mf)
+            grads["master_input"] = _cumax_grad(s_mi, -d_mi)
+        else:
+            grads["master_forget"] = d_mf * s_mf * (1 - s_mf)
+            grads["master_input"] = d_mi * s_mi * (1 - s_mi)
+        dg, di = d_ge * w, d_ie * w
+    else:
+        dg, di = d_ge, d_ie
+    if spec.refine or core == "gru":
+        dg = dg - di  # i = 1 - g
+    f = e["f"]
+    if spec.refine:
+        p = base["refine"]
+        grads["input" if core == "lstm" else "refine"] = dg * 2 * f * (1 - f) * p * (1 - p)
+        df = dg * (2 * p + 2 * (1 - 2 * p) * f)
+    else:
+        df = dg
+        if core == "lstm":
+            s_i = base["input"]
+            grads["input"] = _cumax_grad(s_i, -di) if spec.activation == "cumax" else di * _plain_grad(s_i, sq)
+    s_f = base[decay_name]
+    grads[decay_name] = _cumax_grad(s_f, df) if spec.activation == "cumax" else df * _plain_grad(s_f, sq)
+    return grads
+
+
+def _gate_blocks(spec: KernelMode, core: str) -> tuple[str, ...]:
+    """Blocks whose base activation :func:`_bases` computes (all but reset/candidate/cell/output)."""
+    return tuple(b for b in spec.blocks(core) if b not in ("reset", "candidate", "cell", "output"))
+
+
+def _base_key(spec: KernelMode, core: str, block: str) -> str:
+    """Key of ``block``'s base in :func:`_bases`: the LSTM ``input`` block holds the refine gate in refine modes."""
+    return "refine" if (core == "lstm" and spec.refine and block == "input") else block
+
+
+def _saved_bases(spec: KernelMode, core: str, sv: Tensor, sl: dict[str, slice]) -> dict[str, Tensor]:
+    return {_base_key(spec, core, n): sv[:, sl[n]] for n in _gate_blocks(spec, core)}
+
+
+def _store_bases(spec: KernelMode, core: str, st: Tensor, sl: dict[str, slice], base: dict[str, Tensor]) -> None:
+    for name in _gate_blocks(spec, core):
+        st[:, sl[name]].copy_(base[_base_key(spec, core, name)])
+
+
+def _store_grads(spec: KernelMode, core: str, dst: Tensor, sl: dict[str, slice], grads: dict[str, Tensor]) -> None:
+    for name in _gate_blocks(spec, core):
+        dst[:, sl[name]] = grads[name]
+
+
+def _weight_grads(d_gh: Tensor, h0: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+    """``dW_hh = sum_t d_gh_t^T h_{t-1}`` (one GEMM after the loop) and ``db_hh``."""
+    T, B, R = d_gh.shape
+    H = out.shape[2]
+    d_w = d_gh[0].t().mm(h0)
+    if T > 1:
+        d_w.addmm_(d_gh[1:].reshape(-1, R).t(), out[:-1].reshape(-1, H))
+    return d_w, d_gh.reshape(-1, R).sum(0)
 
 
 class GenericImpl:
-    """Forward/backward loops written with torch ops (any device, any float dtype)."""
+    """Forward/backward loops written with torch ops (any device, any float dtype).
+
+    ``M`` is the number of master units (0 without master gates); saved tensors are
+    (T, B, rows + H) as described in :mod:`gates.kernels.modes`.
+    """
 
     name = "generic"
 
+    # ------------------------------------------------------------------ GRU
     @staticmethod
-    def forward(gi, h0, w_hh, b_hh, mode_id: int, save: bool):
-        T, B, GH = gi.shape
+    def gru_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, spec: KernelMode, M: int, save: bool):
+        T, B, R = gi.shape
         H = h0.shape[1]
-        refine, sst = mode_id == 1, mode_id == 2
-        K = 5 if refine else 4
+        C = H // M if M else 1
+        sq = spec.activation == "sst"
+        sl = block_slices(spec, "gru", H, M)
         out = gi.new_empty((T, B, H))
-        saved = gi.new_empty((T, B, K, H)) if save else gi.new_empty((0,))
-        gh = gi.new_empty((B, GH))
-        w_t = w_hh.t()
-        h = h0
+        saved = gi.new_empty((T, B, R + H)) if save else gi.new_empty((0,))
+        gh = gi.new_empty((B, R))
+        w_t, h = w_hh.t(), h0
         for t in range(T):
             torch.addmm(b_hh, h, w_t, out=gh)
-            g = gi[t]
-            s_rz = torch.sigmoid(g[:, : 2 * H] + gh[:, : 2 * H])
-            sr, sz = s_rz[:, :H], s_rz[:, H:]
-            gh_n = gh[:, 2 * H : 3 * H]
-            r = sr * sr if sst else sr
-            tn = torch.tanh(torch.addcmul(g[:, 2 * H : 3 * H], r, gh_n))
-            n = tn * tn.abs() if sst else tn
-            if refine:
-                sp = torch.sigmoid(g[:, 3 * H :] + gh[:, 3 * H :])
-                z = 2 * sp * sz + (1 - 2 * sp) * sz * sz
-            else:
-                z = sz * sz if sst else sz
-            torch.lerp(n, h, z, out=out[t])
+            a = gi[t] + gh
+            s_r = torch.sigmoid(a[:, sl["reset"]])
+            gh_n = gh[:, sl["candidate"]]
+            tn = torch.tanh(torch.addcmul(gi[t][:, sl["candidate"]], _plain(s_r, sq), gh_n))
+            base = _bases(spec, "gru", {k: a[:, s] for k, s in sl.items()})
+            e = effective_gates(spec, "gru", base, C)
+            torch.addcmul(e["ie"] * _cand(tn, sq), e["ge"], h, out=out[t])
             if save:
                 st = saved[t]
-                st[:, 0:2].copy_(s_rz.view(B, 2, H))
-                st[:, 2].copy_(tn)
-                st[:, 3].copy_(gh_n)
-                if refine:
-                    st[:, 4].copy_(sp)
+                st[:, sl["reset"]].copy_(s_r)
+                st[:, sl["candidate"]].copy_(tn)
+                st[:, sl["tail"]].copy_(gh_n)
+                _store_bases(spec, "gru", st, sl, base)
             h = out[t]
-        return out, saved.view(T, B, K * H) if save else saved
+        return out, saved
 
     @staticmethod
-    def backward(grad_out, grad_hT, h0, w_hh, out, saved, mode_id: int):
+    def gru_backward(grad_out, grad_hT, h0, w_hh, out, saved, spec: KernelMode, M: int):
         T, B, H = out.shape
-        refine, sst = mode_id == 1, mode_id == 2
-        G = 4 if refine else 3
-        K = G + 1
-        sv_all = saved.view(T, B, K, H)
-        d_gi = out.new_empty((T, B, G * H))
-        d_gh = out.new_empty((T, B, G * H))
+        R = w_hh.shape[0]
+        C = H // M if M else 1
+        sq = spec.activation == "sst"
+        sl = block_slices(spec, "gru", H, M)
+        d_gi = out.new_empty((T, B, R))
+        d_gh = out.new_empty((T, B, R))
         dh = out.new_zeros((B, H))
         if grad_out is not None:
             dh += grad_out[T - 1]
@@ -185,92 +243,88 @@ class GenericImpl:
             dh += grad_hT
         for t in range(T - 1, -1, -1):
             hp = out[t - 1] if t > 0 else h0
-            sv = sv_all[t]
-            sr, sz, tn, gn = sv[:, 0], sv[:, 1], sv[:, 2], sv[:, 3]
-            if sst:
-                at = tn.abs()
-                n = tn * at
-                dn_da = 2 * at * (1 - tn * tn)
-                r = sr * sr
-                dr_da = 2 * r * (1 - sr)
-            else:
-                n = tn
-                dn_da = 1 - tn * tn
-                r = sr
-                dr_da = sr * (1 - sr)
-            if refine:
-                sp = sv[:, 4]
-                fz = sz * (1 - sz)
-                z = 2 * sp * sz + (1 - 2 * sp) * sz * sz
-                dz_da = (2 * sp + 2 * (1 - 2 * sp) * sz) * fz
-                dz_dp = 2 * fz * sp * (1 - sp)
-            elif sst:
-                z = sz * sz
-                dz_da = 2 * z * (1 - sz)
-            else:
-                z = sz
-                dz_da = sz * (1 - sz)
-            dan = dh * (1 - z) * dn_da
-            dz = dh * (hp - n)
-            dar = dan * gn * dr_da
-            daz = dz * dz_da
-            dgi_t, dgh_t = d_gi[t], d_gh[t]
-            dgi_t[:, :H] = dar
-            dgi_t[:, H : 2 * H] = daz
-            dgi_t[:, 2 * H : 3 * H] = dan
-            if refine:
-                dgi_t[:, 3 * H :] = dz * dz_dp
-            dgh_t.copy_(dgi_t)
-            torch.mul(dan, r, out=dgh_t[:, 2 * H : 3 * H])
-            nxt = dh * z
+            sv = saved[t]
+            s_r, tn, gh_n = sv[:, sl["reset"]], sv[:, sl["candidate"]], sv[:, sl["tail"]]
+            base = _saved_bases(spec, "gru", sv, sl)
+            e = effective_gates(spec, "gru", base, C)
+            grads = effective_gates_grad(spec, "gru", base, e, dh * hp, dh * _cand(tn, sq), C)
+            dan = dh * e["ie"] * _cand_grad(tn, sq)
+            dgi_t = d_gi[t]
+            dgi_t[:, sl["reset"]] = dan * gh_n * _plain_grad(s_r, sq)
+            dgi_t[:, sl["candidate"]] = dan
+            _store_grads(spec, "gru", dgi_t, sl, grads)
+            d_gh[t].copy_(dgi_t)
+            torch.mul(dan, _plain(s_r, sq), out=d_gh[t][:, sl["candidate"]])
+            nxt = dh * e["ge"]
             if grad_out is not None and t > 0:
                 nxt += grad_out[t - 1]
-            dh = nxt.addmm_(dgh_t, w_hh)
-        d_w = d_gh[0].t().mm(h0)
-        if T > 1:
-            d_w.addmm_(d_gh[1:].reshape(-1, G * H).t(), out[:-1].reshape(-1, H))
-        d_b = d_gh.reshape(-1, G * H).sum(0)
+            dh = nxt.addmm_(d_gh[t], w_hh)
+        d_w, d_b = _weight_grads(d_gh, h0, out)
         return d_gi, dh, d_w, d_b
 
-
-class FusedGRUFunction(torch.autograd.Function):
-    """Autograd wrapper shared by the backends; ``impl`` supplies the two loops."""
+    # ------------------------------------------------------------------ LSTM
+    @staticmethod
+    def lstm_forward(gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor, spec: KernelMode, M: int,
+                     save: bool):
+        T, B, R = gi.shape
+        H = h0.shape[1]
+        C = H // M if M else 1
+        sq = spec.activation == "sst"
+        sl = block_slices(spec, "lstm", H, M)
+        out = gi.new_empty((T, B, H))
+        saved = gi.new_empty((T, B, R + H)) if save else gi.new_empty((0,))
+        gh = gi.new_empty((B, R))
+        w_t, h, c = w_hh.t(), h0, c0
+        for t in range(T):
+            torch.addmm(b_hh, h, w_t, out=gh)
+            a = gi[t] + gh
+            tg = torch.tanh(a[:, sl["cell"]])
+            s_o = torch.sigmoid(a[:, sl["output"]])
+            base = _bases(spec, "lstm", {k: a[:, s] for k, s in sl.items()})
+            e = effective_gates(spec, "lstm", base, C)
+            c = torch.addcmul(e["ie"] * _cand(tg, sq), e["ge"], c)
+            torch.mul(_plain(s_o, sq), torch.tanh(c), out=out[t])
+            if save:
+                st = saved[t]
+                st[:, sl["cell"]].copy_(tg)
+                st[:, sl["output"]].copy_(s_o)
+                st[:, sl["tail"]].copy_(c)
+                _store_bases(spec, "lstm", st, sl, base)
+            h = out[t]
+        return out, c.clone(), saved
 
     @staticmethod
-    def forward(ctx, gi, h0, w_hh, b_hh, mode_id: int, impl):
-        ctx.set_materialize_grads(False)
-        save = any(ctx.needs_input_grad[:4])
-        gi_c, h0_c = gi.contiguous(), h0.contiguous()
-        w_c, b_c = w_hh.contiguous(), b_hh.contiguous()
-        out, saved = impl.forward(gi_c, h0_c, w_c, b_c, mode_id, save)
-        if save:
-            ctx.save_for_backward(h0_c, w_c, out, saved)
-        ctx.mode_id = mode_id
-        ctx.impl = impl
-        return out, out[-1].clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out, grad_hT):
-        h0, w_hh, out, saved = ctx.saved_tensors
-        if grad_out is None and grad_hT is None:
-            return None, None, None, None, None, None
-        d_gi, d_h0, d_w, d_b = ctx.impl.backward(
-            grad_out, grad_hT, h0, w_hh, out, saved, ctx.mode_id
-        )
-        need = ctx.needs_input_grad
-        return (
-            d_gi if need[0] else None,
-            d_h0 if need[1] else None,
-            d_w if need[2] else None,
-            d_b if need[3] else None,
-            None,
-            None,
-        )
-
-
-def run(gi, h0, w_hh, b_hh, spec: ModeSpec, impl) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply the fused recurrence with backend ``impl`` (inputs already validated)."""
-    if gi.shape[0] == 0:
-        return gi.new_empty((0, h0.shape[0], h0.shape[1])), h0.clone()
-    return FusedGRUFunction.apply(gi, h0, w_hh, b_hh, spec.mode_id, impl)
+    def lstm_backward(grad_out, grad_hT, grad_cT, h0, c0, w_hh, out, saved, spec: KernelMode, M: int):
+        T, B, H = out.shape
+        R = w_hh.shape[0]
+        C = H // M if M else 1
+        sq = spec.activation == "sst"
+        sl = block_slices(spec, "lstm", H, M)
+        d_gi = out.new_empty((T, B, R))
+        dh = out.new_zeros((B, H))
+        dc = out.new_zeros((B, H)) if grad_cT is None else grad_cT.clone()
+        if grad_out is not None:
+            dh += grad_out[T - 1]
+        if grad_hT is not None:
+            dh += grad_hT
+        for t in range(T - 1, -1, -1):
+            sv = saved[t]
+            cp = saved[t - 1][:, sl["tail"]] if t > 0 else c0
+            tg, s_o, c = sv[:, sl["cell"]], sv[:, sl["output"]], sv[:, sl["tail"]]
+            tc = torch.tanh(c)
+            o = _plain(s_o, sq)
+            dct = dc + dh * o * (1 - tc * tc)
+            base = _saved_bases(spec, "lstm", sv, sl)
+            e = effective_gates(spec, "lstm", base, C)
+            cand = _cand(tg, sq)
+            grads = effective_gates_grad(spec, "lstm", base, e, dct * cp, dct * cand, C)
+            dgi_t = d_gi[t]
+            dgi_t[:, sl["cell"]] = dct * e["ie"] * _cand_grad(tg, sq)
+            dgi_t[:, sl["output"]] = dh * tc * _plain_grad(s_o, sq)
+            _store_grads(spec, "lstm", dgi_t, sl, grads)
+            dc = dct * e["ge"]
+            dh = dgi_t.mm(w_hh)
+            if grad_out is not None and t > 0:
+                dh += grad_out[t - 1]
+        d_w, d_b = _weight_grads(d_gi, h0, out)
+        return d_gi, dh, dc, d_w, d_b
