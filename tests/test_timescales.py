@@ -72,7 +72,9 @@ def test_monotone_in_tau(r1, r2):
         return
     assert tau_to_bias(hi, 1.0).item() > tau_to_bias(lo, 1.0).item()
     assert decay(hi, 1.0).item() >= decay(lo, 1.0).item()
-    assert timescale_steps(hi, 1.0).item() > timescale_steps(lo, 1.0).item()
+    t_hi, t_lo = timescale_steps(hi, 1.0).item(), timescale_steps(lo, 1.0).item()
+    # exp(-dt/tau) underflows to 0 below tau ≈ dt/745: both time scales are then exactly one step
+    assert t_hi > t_lo or t_hi == t_lo == 1.0
 
 
 @settings(max_examples=200, deadline=None)

@@ -123,8 +123,8 @@ def fused_gru_recurrence(
     """Run the GRU recurrence over precomputed input projections.
 
     Args:
-        gi: (T, B, rows) input projections ``x W_ih^T + b_ih``, blocks reset, update, candidate
-            [, refine][, master_forget, master_input] (``MODES[mode].blocks("gru")``).
+        gi: (T, B, rows) input projections ``x W_ih^T + b_ih``, blocks reset, update, candidate,
+            then refine and master_forget, master_input where the mode has them (``MODES[mode].blocks("gru")``).
         h0: (B, H) initial state, or None for zeros.
         w_hh: (rows, H) recurrent weights (torch.nn.GRU layout, blocks stacked).
         b_hh: (rows,) recurrent bias, or None for zeros.
@@ -154,8 +154,8 @@ def fused_lstm_recurrence(
     """Run the LSTM recurrence over precomputed input projections.
 
     Args:
-        gi: (T, B, rows) input projections, blocks input, forget, cell, output
-            [, master_forget, master_input] (``MODES[mode].blocks("lstm")``; refine modes hold
+        gi: (T, B, rows) input projections, blocks input, forget, cell, output,
+            then master_forget, master_input in master modes (``MODES[mode].blocks("lstm")``; refine modes hold
             the refine gate in the input block).
         h0, c0: (B, H) initial hidden and cell states, or None for zeros.
         w_hh: (rows, H) recurrent weights (torch.nn.LSTM layout); b_hh: (rows,) or None.
