@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -23,6 +25,10 @@ from .timescales import tau_to_bias
 #: ``weights``: input/recurrent couplings; ``update_bias``: the time-constant gate bias;
 #: ``reset_bias``/``candidate_bias``: the GRU's other biases; ``flux_offset``/``bias_current``: SOEN knobs.
 ROLES = ("weights", "update_bias", "reset_bias", "candidate_bias", "flux_offset", "bias_current")
+
+
+#: Suffixes of profile files: JSON, or TOML (top-level keys are the fields; a field left out takes its default).
+PROFILE_SUFFIXES = (".json", ".toml")
 
 
 class ProfileError(ValueError):
@@ -179,10 +185,10 @@ class HardwareProfile:
         kw = dict(data)
         for k in ("tau_range", "tau_values"):
             if kw.get(k) is not None:
-                kw[k] = tuple(kw[k])
+                kw[k] = _float_tuple(k, kw[k])
         if "trainable" in kw:
-            if isinstance(kw["trainable"], str):
-                raise ProfileError("trainable must be a list of roles, not a string")
+            if isinstance(kw["trainable"], (str, bytes)) or not isinstance(kw["trainable"], (list, tuple, set, frozenset)):
+                raise ProfileError(f"trainable must be a list of roles from {list(ROLES)}; got {kw['trainable']!r}")
             kw["trainable"] = frozenset(kw["trainable"])
         return cls(**kw)
 
@@ -199,6 +205,84 @@ class HardwareProfile:
         if name not in PRESETS:
             raise ProfileError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
         return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HardwareProfile":
+        """Read a profile file (``.json``, or ``.toml``): the fields of :meth:`to_dict` at the
+        top level; a field left out takes its default (TOML has no null: leave out what is None).
+
+        Every field is validated as for a preset; a mistake raises :class:`ProfileError` whose
+        message starts with the file's path and names the field and its allowed range."""
+        path = Path(path)
+        if path.suffix.lower() not in PROFILE_SUFFIXES:
+            raise ProfileError(f"{path}: a profile file ends in {' or '.join(PROFILE_SUFFIXES)}")
+        text = path.read_text(encoding="utf-8")  # OSError (no such file, ...) names the file itself
+        try:
+            if path.suffix.lower() == ".toml":
+                data = parse_toml(text)
+            else:
+                data = json.loads(text)
+            return cls.from_dict(data)
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        except ProfileError as exc:
+            raise ProfileError(f"{path}: {exc}") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the profile to ``path`` (``.json`` or ``.toml``, by suffix); :meth:`load` reads it back equal."""
+        path = Path(path)
+        if path.suffix.lower() == ".json":
+            text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        elif path.suffix.lower() == ".toml":
+            # JSON spellings of strings, finite numbers and flat lists are valid TOML values; None is left out.
+            text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in sorted(self.to_dict().items()) if v is not None)
+        else:
+            raise ProfileError(f"{path}: a profile file ends in {' or '.join(PROFILE_SUFFIXES)}")
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    @classmethod
+    def resolve(cls, spec: "str | os.PathLike | Mapping[str, Any] | HardwareProfile") -> "HardwareProfile":
+        """The profile ``spec`` names, wherever a profile is accepted: a :class:`HardwareProfile`,
+        a preset name (:data:`PRESETS`), a path to a profile file (:meth:`load`; a string ending
+        in ``.json``/``.toml``), or a mapping of fields (:meth:`from_dict`, e.g. a run's recorded profile)."""
+        if isinstance(spec, HardwareProfile):
+            return spec
+        if isinstance(spec, Mapping):
+            return cls.from_dict(spec)
+        if isinstance(spec, os.PathLike) or (isinstance(spec, str) and spec.lower().endswith(PROFILE_SUFFIXES)):
+            return cls.load(spec)
+        if isinstance(spec, str):
+            if spec not in PRESETS:
+                raise ProfileError(f"unknown preset {spec!r}; known presets: {sorted(PRESETS)}, "
+                                   f"or give a profile file ({', '.join(PROFILE_SUFFIXES)})")
+            return PRESETS[spec]
+        raise ProfileError(f"a profile is a preset name, a profile file or a mapping of fields; got "
+                           f"{type(spec).__name__}")
+
+    def nonidealities(self) -> dict[str, float | int]:
+        """The profile's non-idealities as :data:`soensim.nonideal.NONIDEALITIES` values
+        (kinds the profile leaves ideal are left out): ``tau_spread``, ``quantize`` (weight
+        levels), ``clip`` (coupling bound), ``flux_noise``, ``state_noise``."""
+        out = {"tau_spread": self.tau_spread, "quantize": self.weight_levels, "clip": self.coupling_max,
+               "flux_noise": self.flux_noise, "state_noise": self.state_noise}
+        return {k: v for k, v in out.items() if v}
+
+
+def parse_toml(text: str) -> Any:
+    """Parse TOML (:mod:`tomllib`, Python ≥ 3.11; the ``tomli`` package on 3.10); a syntax error
+    becomes a :class:`ProfileError` with tomllib's line and column."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError:
+            raise ProfileError("reading TOML needs Python ≥ 3.11 (or pip install tomli); use a .json file") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"not valid TOML ({exc})") from None
 
 
 def _positive_float(label: str, v: Any) -> float:
@@ -294,4 +378,5 @@ PRESETS: dict[str, HardwareProfile] = {
     ),
 }
 
-__all__ = ["DENDRITE_BIAS_CURRENT", "HardwareProfile", "PRESETS", "ProfileError", "ROLES", "flux_window_budget"]
+__all__ = ["DENDRITE_BIAS_CURRENT", "HardwareProfile", "PRESETS", "PROFILE_SUFFIXES", "ProfileError", "ROLES",
+           "flux_window_budget", "parse_toml"]

@@ -50,6 +50,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gates import build_layer
+from soensim import HardwareProfile
+
 from . import cifar, data, grid, plots
 from .config import RunConfig
 from .errors import ConfigError, DataError
@@ -67,13 +70,49 @@ SOFTWARE_ROWS: dict[str, dict[str, Any]] = {
     "ablated": {"gate": "-", "bias_mode": "frozen-zero"},
     "chrono": {"gate": "C"},
 }
+#: Under ``soen-dendrite`` every update-gate bias is frozen at a fabricable τ and b_r at the
+#: profile's value (0); the hardware ablation is the least memory the hardware offers (τ_min).
 HARDWARE_ROWS: dict[str, dict[str, Any]] = {
     "baseline-hw": {"gate": "-", "profile": HW, "hw_bias": "profile"},
-    "ablated-hw": {"gate": "-", "bias_mode": "frozen-zero", "profile": HW, "hw_bias": "zero"},
-    "chrono-hw": {"gate": "C", "profile": HW, "hw_bias": "init"},
+    "ablated-hw": {"gate": "-", "profile": HW, "hw_bias": "tau-min"},
+    "chrono-hw": {"gate": "C", "profile": HW, "hw_bias": "chrono"},
 }
 GATE_ROWS: dict[str, dict[str, Any]] = {f"gate-{g}": {"gate": g} for g in ("U", "R", "UR", "SST")}
 J_SWEEP = (0.1, 0.25, 1.0)
+#: Flux budgets of the medium preset, loose to tight (Σ_j |W_ij| per gate row; the GRU's
+#: orthogonal W_hh rows start near 6.4 at H = 64): None = the per-weight bound alone,
+#: then 8, 2 and the soen-dendrite preset's physical value (0.43, derived from the flux window).
+BUDGETS: tuple[float | None, ...] = (None, 8.0, 2.0, HardwareProfile.preset(HW).flux_budget)
+#: τ design sweep: the soen-dendrite range (10 ns – 1 µs, τ_max ≈ 10 images of 102.4 ns) scaled
+#: by 0.1 and 10, so that τ_max is about 1, 10 and 100 images long, at budget 2 (a smaller scale
+#: would put τ_min below the 0.4 ns step of a 16×16 image).
+TAU_SCALES = (0.1, 10.0)
+TAU_SWEEP_BUDGET = 2.0
+
+
+def budget_profile(budget: float | None, tau_scale: float = 1.0) -> dict[str, Any]:
+    """``soen-dendrite`` with ``flux_budget`` = ``budget`` (None: none) and its τ range scaled by
+    ``tau_scale``, as the profile fields a row records (named after the changes)."""
+    base = HardwareProfile.preset(HW)
+    name = HW + ("-J" if budget is None else f"-B{budget:.3g}") + ("" if tau_scale == 1 else f"-tau{tau_scale:g}")
+    lo, hi = base.tau_range  # type: ignore[misc]
+    return base.replace(name=name, flux_budget=budget, tau_range=(lo * tau_scale, hi * tau_scale)).to_dict()
+
+
+def _budget_label(budget: float | None) -> str:
+    return "J" if budget is None else f"B{budget:.3g}"
+
+
+def _budget_rows() -> dict[str, dict[str, Any]]:
+    """Hardware baseline and ablation at every :data:`BUDGETS` level, then the τ design sweep."""
+    rows = {}
+    for budget in BUDGETS:
+        for name in ("baseline-hw", "ablated-hw"):
+            rows[f"{name}-{_budget_label(budget)}"] = {**HARDWARE_ROWS[name], "profile": budget_profile(budget)}
+    for scale in TAU_SCALES:
+        rows[f"baseline-hw-{_budget_label(TAU_SWEEP_BUDGET)}-tau{scale:g}"] = {
+            **HARDWARE_ROWS["baseline-hw"], "profile": budget_profile(TAU_SWEEP_BUDGET, scale)}
+    return rows
 
 
 def _sweep() -> dict[str, dict[str, Any]]:
@@ -84,11 +123,43 @@ def _sweep() -> dict[str, dict[str, Any]]:
     return rows
 
 
+def matched_hidden(gate: str, base: dict[str, Any]) -> int:
+    """The largest hidden size at which the GRU with ``gate`` (and the preset's head) has at most
+    the parameters of the standard GRU at ``base["hidden"]``: refine gates add a fourth block,
+    so equal H is not an equal budget."""
+    def count(g: str, h: int) -> int:
+        rnn = build_layer("gru", base["channels"], h, gate=g)
+        return sum(p.numel() for p in rnn.parameters()) + h * NUM_CLASSES + NUM_CLASSES
+    target = count("-", base["hidden"])
+    h = base["hidden"]
+    while h > 1 and count(gate, h) > target:
+        h -= 1
+    return h
+
+
+def _matched_rows(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``gate-R-pm`` / ``gate-UR-pm``: the refine rows at the baseline's parameter count."""
+    return {f"gate-{g}-pm": {"gate": g, "hidden": matched_hidden(g, base)} for g in ("R", "UR")}
+
+
 PAPER = dict(  # Malandain 2026 protocol; batch size from Gu et al. 2020 App. D (the former does not state it)
     task="scifar", image_size=32, channels=1, hidden=181, head="linear", optimizer="adamw", lr=5e-4, lr_min=1e-5,
     weight_decay=0.01, schedule="cosine-epoch", epochs=40, batch_size=50, clip_norm=1.0, orthogonal_hh=True,
-    val_size=5000, update_bias_init=1.0,
+    val_size=5000, update_bias_init=1.0, reset_bias_init=1.0,
 )
+#: The CPU-scale configuration at which the catch-up of Malandain 2026 shows (about 2.5 min per
+#: row on one core): 16×16 grayscale, 20,000 training images, H = 64, 12 epochs, AdamW 5e-3 per step.
+CPU_SCALE = {**PAPER, "image_size": 16, "hidden": 64, "epochs": 12, "lr": 5e-3, "schedule": "cosine",
+             "val_size": 1000, "train_subset": 20000, "test_subset": 5000, "gate_stats_size": 128,
+             "log_every": 10, "threads": 1}
+_QUICK = {**PAPER, "image_size": 16, "hidden": 64, "epochs": 5, "lr": 5e-3, "schedule": "cosine",
+          "val_size": 1000, "train_subset": 6000, "test_subset": 2000, "gate_stats_size": 128,
+          "log_every": 5, "threads": 1}
+_HW_NOTE = ("Hardware rows: soen-dendrite (τ ∈ [10 ns, 1 µs] frozen, b_r frozen at 0, |W| ≤ 0.5, "
+            "flux budget Σ_j |W_ij| ≤ 0.43 per gate row unless the row names another), Δt = 0.4 ns per pixel "
+            "(one image = 1024 × 0.1 ns); baseline-hw: τ log-uniform over the range; ablated-hw: every τ at "
+            "τ_min; chrono-hw: τ uniform over [τ_min, min(τ_max, T·Δt)]. Every GRU row starts with b_r = +1 "
+            "(software) and the baseline with b_z = +1; the read-out is software.")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -99,20 +170,38 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seeds": 1,
         "notes": "smoke: synthetic 4×4 images (16 steps), H=16, 3 epochs, lr 3e-2 — plumbing only.",
     },
-    "quick": {
-        "base": {**PAPER, "image_size": 16, "hidden": 64, "epochs": 5, "lr": 5e-3, "schedule": "cosine",
-                 "val_size": 1000, "train_subset": 6000, "test_subset": 2000, "gate_stats_size": 128,
-                 "log_every": 5, "threads": 1},
-        "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS},
+    "demo": {
+        "base": CPU_SCALE,
+        "rows": {"baseline": SOFTWARE_ROWS["baseline"], "ablated": SOFTWARE_ROWS["ablated"],
+                 **{k: v for k, v in _budget_rows().items() if k.endswith("-J")},
+                 "baseline-hw": HARDWARE_ROWS["baseline-hw"], "ablated-hw": HARDWARE_ROWS["ablated-hw"]},
         "seeds": 1,
-        "notes": ("quick: CIFAR-10 grayscale downsampled to 16×16 (256 steps), 6,000 training images "
-                  "(stratified), 1,000 validation, 2,000 test, GRU H=64 + linear head, AdamW lr 5e-3 cosine "
-                  "(per step) to 1e-5 over 5 epochs, batch 50, clip 1.0, 1 seed. Hardware: soen-dendrite, "
-                  "Δt = 0.4 ns per pixel (one image = 1024 × 0.1 ns)."),
+        "notes": ("demo (the README's main job): the medium configuration, one seed — CIFAR-10 grayscale 16×16 "
+                  "(256 steps), 20,000 training images (stratified), 1,000 validation, 5,000 test, GRU H=64 + "
+                  "linear head, AdamW lr 5e-3 cosine (per step) to 1e-5 over 12 epochs, batch 50, clip 1.0. "
+                  "Software baseline and ablation, and the hardware pair at the per-weight bound alone (-J) "
+                  "and at the physical flux budget. " + _HW_NOTE),
+    },
+    "medium": {
+        "base": CPU_SCALE,
+        "rows": {"baseline": SOFTWARE_ROWS["baseline"], "ablated": SOFTWARE_ROWS["ablated"], **_budget_rows()},
+        "seeds": 3,
+        "notes": ("medium: as demo, 3 seeds; hardware baseline and ablation at the per-weight bound alone (-J) "
+                  "and at flux budgets 8, 2 and 0.43 (soen-dendrite's physical value); τ design sweep at budget 2 "
+                  "with the range scaled by 0.1 and 10 (τ_max ≈ 1 and 100 images; the unscaled range is ≈ 10). " + _HW_NOTE),
+    },
+    "quick": {
+        "base": _QUICK,
+        "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS, **_matched_rows(_QUICK)},
+        "seeds": 1,
+        "notes": ("quick (plumbing at real data; too short for the catch-up — use demo or medium for the "
+                  "finding): CIFAR-10 grayscale 16×16, 6,000 training images, 1,000 validation, 2,000 test, "
+                  "GRU H=64 + linear head, AdamW lr 5e-3 cosine (per step) over 5 epochs, batch 50, 1 seed. "
+                  + _HW_NOTE),
     },
     "full": {
         "base": dict(PAPER),
-        "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS, **_sweep()},
+        "rows": {**SOFTWARE_ROWS, **HARDWARE_ROWS, **GATE_ROWS, **_matched_rows(PAPER), **_sweep()},
         "seeds": 1,
         "notes": ("full: the protocol of Malandain 2026 — grayscale 32×32 (1024 steps), GRU H=181 + linear head "
                   "(101,732 parameters), orthogonal W_hh, AdamW lr 5e-4 cosine (per epoch) to 1e-5 over "

@@ -1,11 +1,12 @@
 """``soensim-study`` / ``python -m studies``: list, run, resume, plot and summarize studies.
 
     soensim-study list
-    soensim-study run STUDY [--preset quick] [--out runs] [--data-dir DIR] [--seeds N]
+    soensim-study run STUDY|FILE.toml [--preset quick] [--out runs] [--data-dir DIR] [--seeds N]
                       [--rows a,b] [--launcher local|process|ray] [--workers N] [--set key=value ...]
-                      [--restart] [--no-report]
+                      [--profile FILE] [--tensorboard] [--restart] [--no-report]
     soensim-study resume RUN_DIR
-    soensim-study transfer RUN_DIR [RUN_DIR ...] [--out DIR] [--seeds N] [--eval-size N]
+    soensim-study transfer RUN_DIR [RUN_DIR ...] [--out DIR] [--seeds N] [--eval-size N] [--profile FILE]
+    soensim-study export RUN_DIR [--out FILE] [--profile PROFILE]
     soensim-study plot STUDY_DIR
     soensim-study summarize STUDY_DIR
 
@@ -16,6 +17,16 @@ them. Then it writes the results table and figures. Data is looked for in ``--da
 else ``$SOENSIM_DATA_DIR`` (either must exist). ``--set`` overrides any
 :class:`studies.config.RunConfig` field for every run (an unknown key is an error that
 lists the known ones); ``--set seed=S`` runs that one seed instead of ``--seeds``.
+
+``run FILE.toml`` runs the grid of a study file (:mod:`studies.studyfile`; its one preset,
+``default``, is the default there). ``--profile FILE`` (a :class:`soensim.HardwareProfile`
+``.json``/``.toml`` file) replaces the profile of the rows that run under one (the
+hardware rows; software rows stay software); the file's content is recorded in each run's
+configuration, so editing the file changes the runs' fingerprints (``--set profile=FILE``
+instead puts every row under it). ``--tensorboard`` also logs each run to
+``RUN_DIR/tensorboard`` (:mod:`studies.tensorboard_log`; not part of the fingerprint).
+``transfer --profile FILE`` adds the chip's own non-idealities (τ spread, weight levels,
+coupling bound, flux and state noise) as points of the sweeps.
 
 Exit codes
     0: everything finished; 1: a run failed (its ``error.txt`` has the traceback) or an
@@ -34,9 +45,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn, Sequence
 
-from . import grid
+from . import grid, studyfile
 from .cifar import DATA_ENV
 from .errors import ConfigError, StudyError
 from .registry import UnknownStudy, get_study, list_studies
@@ -71,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the studies, their presets and rows", parents=[common])
 
     r = sub.add_parser("run", help="run (or finish) a study grid, then write its table and plots", parents=[common])
-    r.add_argument("study")
-    r.add_argument("--preset", default="quick", help="smoke | quick | full (default: quick)")
+    r.add_argument("study", help="a registered study (see list) or a study file ending in .toml")
+    r.add_argument("--preset", default=None,
+                   help="smoke | quick | full (default: quick; a study file's grid is its preset 'default')")
     r.add_argument("--out", default="runs", help="output root; the study goes to OUT/STUDY/PRESET (default: runs)")
     r.add_argument("--data-dir", default=None, help=f"dataset folder (default: ${DATA_ENV})")
     r.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds 0..N-1 (default: the preset's)")
@@ -81,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=_positive_int, default=1, help="parallel runs for the process/ray launchers")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a RunConfig field for every run (repeatable)")
+    r.add_argument("--profile", default=None, metavar="FILE",
+                   help="hardware profile file (.json/.toml) for the rows that run under a profile")
+    r.add_argument("--tensorboard", action="store_true", help="also log every run to RUN_DIR/tensorboard")
     r.add_argument("--restart", action="store_true",
                    help="discard what the selected runs' directories hold and train them again")
     r.add_argument("--no-report", action="store_true", help="skip the table and plots")
@@ -95,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--seeds", type=_positive_int, default=3, help="noise seeds per setting (default: 3)")
     tr.add_argument("--eval-size", type=_positive_int, default=1000,
                     help="test examples per evaluation (default: 1000)")
+    tr.add_argument("--profile", default=None, metavar="FILE",
+                    help="hardware profile file (.json/.toml): add its non-idealities to the sweeps")
+
+    ex = sub.add_parser("export", help="write a finished run's network as a hardware specification (JSON) "
+                        "with its design-rule report", parents=[common])
+    ex.add_argument("run_dir", help="a run directory (with config.json and checkpoint.pt)")
+    ex.add_argument("--out", default=None, help="specification file (default: RUN_DIR/export.json; the report "
+                    "goes next to it as .md)")
+    ex.add_argument("--profile", default=None, help="check against this profile (preset name or .json/.toml file) "
+                    "instead of the run's own; a software run needs one")
 
     pl = sub.add_parser("plot", help="(re)draw a study's figures", parents=[common])
     pl.add_argument("study_dir")
@@ -126,23 +152,50 @@ def _data_dir(flag: str | None) -> str | None:
     return str(path)
 
 
+def _load_study(arg: str) -> ModuleType:
+    """A registered study, or the study file ``arg`` (``.toml``) loaded and registered."""
+    return studyfile.load(arg) if studyfile.is_study_file(arg) else get_study(arg)
+
+
+def _with_profile_file(configs: list, path: str, where: str) -> list:
+    """``configs`` with the profile of every hardware row replaced by the profile file's content."""
+    from soensim import HardwareProfile
+
+    content = HardwareProfile.load(path).to_dict()
+    if not any(cfg.profile is not None for cfg in configs):
+        raise ConfigError(f"--profile {path}: the selected rows of {where} all run in software and --profile "
+                          f"replaces the profile of hardware rows; use --set profile={path} to run every row under it")
+    return [cfg.replace(profile=content) if cfg.profile is not None else cfg for cfg in configs]
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    study = get_study(args.study)
-    if args.preset not in study.PRESETS:
-        raise ConfigError(f"unknown preset {args.preset!r} for {args.study}; known presets: {list(study.PRESETS)}")
+    study = _load_study(args.study)
+    name = study.NAME
+    preset = args.preset or ("quick" if "quick" in study.PRESETS else next(iter(study.PRESETS)))
+    if preset not in study.PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} for {name}; known presets: {list(study.PRESETS)}")
     overrides = list(args.overrides)
+    if args.profile and any(o.split("=", 1)[0].strip() == "profile" for o in overrides):
+        raise ConfigError("give --profile FILE (the hardware rows) or --set profile=... (every row), not both")
     data_dir = _data_dir(args.data_dir)
     if data_dir:
         overrides.append(f"data_dir={data_dir}")
+    if args.tensorboard:
+        overrides.append("tensorboard=true")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
-    configs = study.runs(args.preset, seeds=args.seeds, overrides=overrides, rows=rows)
-    sdir = grid.study_dir(args.out, args.study, args.preset)
-    print(f"{args.study} [{args.preset}]: {len(configs)} runs → {sdir}", file=sys.stderr)
+    configs = study.runs(preset, seeds=args.seeds, overrides=overrides, rows=rows)
+    extra: dict[str, Any] = {"overrides": overrides, "notes": study.notes(preset)}
+    if args.profile:
+        configs = _with_profile_file(configs, args.profile, f"{name} [{preset}]")
+        extra["profile_file"] = str(Path(args.profile).resolve())
+    if getattr(study, "SOURCE", None) is not None:
+        extra["study_file"] = str(study.SOURCE)
+    sdir = grid.study_dir(args.out, name, preset)
+    print(f"{name} [{preset}]: {len(configs)} runs → {sdir}", file=sys.stderr)
     t0 = time.perf_counter()
     with grid.study_lock(sdir):
-        summaries = grid.run_grid(configs, sdir, launcher=args.launcher, workers=args.workers, study=args.study,
-                                  preset=args.preset, restart=args.restart,
-                                  extra={"overrides": overrides, "notes": study.notes(args.preset)})
+        summaries = grid.run_grid(configs, sdir, launcher=args.launcher, workers=args.workers, study=name,
+                                  preset=preset, restart=args.restart, extra=extra)
         wall = time.perf_counter() - t0
         failed = [s for s in summaries if s.get("status") == "error"]
         diverged = [s for s in summaries if s.get("status") == "diverged"]
@@ -159,12 +212,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_RUN_FAILED if failed else EXIT_DIVERGED if diverged else EXIT_OK
 
 
+def _study_of(info: dict[str, Any]) -> ModuleType:
+    """The study module of a study directory's ``study.json`` (a study file is read again)."""
+    if info.get("study_file"):
+        return studyfile.load(info["study_file"])
+    return get_study(info["study"])
+
+
 def _report(sdir: Path) -> None:
     with grid.study_lock(sdir):
         info = grid.read_study_file(sdir)
         md, _ = grid.write_results(sdir)
         try:
-            figs = get_study(info["study"]).report(sdir)
+            figs = _study_of(info).report(sdir)
         except UnknownStudy:
             figs = {}
     print(md.read_text(encoding="utf-8"))
@@ -184,9 +244,54 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_transfer(args: argparse.Namespace) -> int:
     from .transfer_study import transfer
 
-    result = transfer(args.run_dirs, args.out, seeds=args.seeds, eval_size=args.eval_size)
+    sweeps = _profile_sweeps(args.profile) if args.profile else None
+    result = transfer(args.run_dirs, args.out, seeds=args.seeds, eval_size=args.eval_size, sweeps=sweeps)
     for name, path in result["files"].items():
         print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def _profile_sweeps(path: str) -> dict[str, tuple[Any, ...]]:
+    """The transfer sweeps with the profile file's non-idealities added as points (ideal first,
+    then from mild to severe)."""
+    from soensim import HardwareProfile
+
+    from .transfer_study import SWEEPS
+
+    chip = HardwareProfile.load(path).nonidealities()
+    sweeps = {}
+    for kind, values in SWEEPS.items():
+        merged = set(values) | ({chip[kind]} if kind in chip else set())
+        severity = (lambda v: -v) if kind in ("quantize", "clip") else (lambda v: v)  # fewer levels, tighter bound
+        sweeps[kind] = tuple(sorted(merged, key=lambda v: (v is not None and v != 0, 0 if v is None else severity(v))))
+    return sweeps
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Rebuild the run's model (config.json + checkpoint) and export its recurrent layer."""
+    from soensim import HardwareProfile
+    from soensim.specification import export, format_report
+
+    from .files import write_text_atomic
+    from .transfer_study import load_run
+
+    cfg, model, _, _ = load_run(args.run_dir)
+    rnn = getattr(model, "rnn", model)
+    report = getattr(model, "constraint_report", None)
+    if args.profile is not None:
+        profile = HardwareProfile.resolve(args.profile)
+        options: dict[str, Any] = {"dt": report.dt, "seed": report.seed, "spread": report.spread} if report else {}
+    elif report is not None:
+        profile = report.profile
+        options = {"dt": report.dt, "seed": report.seed, "spread": report.spread,
+                   "update_bias": report.update_bias}
+    else:
+        raise ConfigError(f"{args.run_dir} is a software run (no profile): pass --profile to check it against one")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "export.json"
+    spec = export(rnn, profile, out, **options)
+    md = write_text_atomic(out.with_suffix(".md"), format_report(spec))
+    print(md.read_text(encoding="utf-8"))
+    print(f"wrote {out} and {md}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -199,13 +304,13 @@ def _cmd_plot_or_summarize(args: argparse.Namespace) -> int:
             print(f"wrote {md} and {csv_path}", file=sys.stderr)
         else:
             info = grid.read_study_file(sdir)
-            for name, path in get_study(info["study"]).report(sdir).items():
+            for name, path in _study_of(info).report(sdir).items():
                 print(f"{name}: {path}")
     return EXIT_OK
 
 
 COMMANDS = {"list": lambda args: _cmd_list(), "run": _cmd_run, "resume": _cmd_resume, "transfer": _cmd_transfer,
-            "plot": _cmd_plot_or_summarize, "summarize": _cmd_plot_or_summarize}
+            "export": _cmd_export, "plot": _cmd_plot_or_summarize, "summarize": _cmd_plot_or_summarize}
 
 
 class Terminated(KeyboardInterrupt):

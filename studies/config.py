@@ -8,8 +8,16 @@ the field, its allowed values and what was given.
 Fingerprint
     :attr:`RunConfig.fingerprint` is a SHA-256 of the canonical JSON of every field except
     :data:`NOT_FINGERPRINTED` (``progress``: the progress bar; ``threads``: the CPU threads
-    a launcher gives a run). Run directories record it (``checkpoint.pt``,
-    ``summary.json``); results are reused or resumed only under an equal fingerprint.
+    a launcher gives a run; ``tensorboard``: the optional TensorBoard log). Run directories
+    record it (``checkpoint.pt``, ``summary.json``); results are reused or resumed only
+    under an equal fingerprint.
+
+Profiles from files
+    ``profile`` is a preset name or a profile file (``.json``/``.toml``, see
+    :meth:`soensim.HardwareProfile.load`). A file is read when the config is made and its
+    validated content (:meth:`~soensim.HardwareProfile.to_dict`) replaces the path in the
+    config: the recorded ``config.json`` holds the profile itself, and the fingerprint
+    changes whenever the file's content does (never with its name or place alone).
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ from .errors import ConfigError
 
 #: Fields that do not enter :attr:`RunConfig.fingerprint`: they change neither what is
 #: computed nor what is logged.
-NOT_FINGERPRINTED = ("progress", "threads")
+NOT_FINGERPRINTED = ("progress", "threads", "tensorboard")
 #: Row and study names: they become folder names and table cells.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
 OPTIMIZER_NAMES = ("adamw", "adam")
@@ -52,13 +60,18 @@ class RunConfig:
     ReLU ``head_hidden`` then linear, as in Gu et al. 2020, arXiv:1910.09890),
     ``bias_mode`` (``learnable``: the mechanism's own init, trainable; ``frozen-zero``:
     update/reset biases fixed at 0, candidate bias trainable — the ablation of Malandain
-    2026), ``update_bias_init`` (the ``-`` gate's b_z = b_r init), ``orthogonal_hh``,
+    2026), ``update_bias_init`` (the ``-`` gate's b_z = b_r init), ``reset_bias_init`` (a GRU's b_r for
+    every mechanism, None = the mechanism's own; a profile that freezes b_r overrides it), ``orthogonal_hh``,
     ``chrono_tmax`` (None: the sequence length; ≥ 2).
-    Hardware: ``profile`` (a :class:`soensim.HardwareProfile` preset name, None = software),
+    Hardware: ``profile`` (a :class:`soensim.HardwareProfile` preset name, or a profile file
+    whose content is recorded in its place as a dict of fields — see the module docstring;
+    None = software),
     ``coupling_max`` (|W| bound, None = the profile's; in (0, 1e6]), ``hw_dt`` (seconds per
     sequence step, in (0, 1]; None = ``profile.dt * 1024 / sequence length``: one image
     always lasts 1024 profile steps), ``hw_bias`` (what the update-gate bias is frozen at: ``profile``
-    τ values, ``zero``, or ``init`` = the mechanism's own initial draw, e.g. chrono).
+    τ values, ``tau-min`` = every unit at the profile's shortest τ, ``chrono`` = chrono's uniform
+    time scales inside the fabricable range, ``zero``, or ``init`` = the mechanism's own initial
+    draw; see :func:`studies.models.hardware_update_bias`).
     Optimization: ``optimizer`` (adamw/adam), ``lr`` (≤ 1e30), ``lr_min`` (cosine floor, ≤ lr),
     ``weight_decay`` (AdamW only), ``schedule`` (cosine: per step; cosine-epoch: per epoch;
     constant), ``epochs``, ``batch_size``, ``clip_norm`` (None: no clipping), ``max_steps``
@@ -74,7 +87,8 @@ class RunConfig:
     Runtime: ``log_every`` (per-step record sampling), ``gate_stats``/``gate_stats_size``,
     ``eval_batch_size``, ``progress`` (tqdm), ``device`` (auto/cpu/cuda), ``threads``
     (torch CPU threads during the run, None = leave as is; small recurrent models run
-    fastest on one thread, and a 2-thread OpenMP team stalls badly on a busy machine).
+    fastest on one thread, and a 2-thread OpenMP team stalls badly on a busy machine),
+    ``tensorboard`` (also log to ``RUN_DIR/tensorboard``, :mod:`studies.tensorboard_log`).
 
     All floats must be finite; counts are ≥ 1 unless stated.
     """
@@ -103,10 +117,11 @@ class RunConfig:
     head_hidden: int = 256
     bias_mode: str = "learnable"
     update_bias_init: float = 1.0
+    reset_bias_init: float | None = None
     orthogonal_hh: bool = True
     chrono_tmax: float | None = None
     # hardware
-    profile: str | None = None
+    profile: str | dict[str, Any] | None = None
     coupling_max: float | None = None
     hw_dt: float | None = None
     hw_bias: str = "profile"
@@ -136,6 +151,7 @@ class RunConfig:
     progress: bool = True
     device: str = "auto"
     threads: int | None = None
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -176,6 +192,11 @@ class RunConfig:
         a plain string; ``none``/``None`` also mean None for optional fields.
         """
         return self.replace(**parse_overrides(overrides))
+
+    @property
+    def profile_name(self) -> str | None:
+        """The profile's name for tables: the preset name or the file profile's ``name`` (None in software)."""
+        return self.profile.get("name", "custom") if isinstance(self.profile, dict) else self.profile
 
     @property
     def run_id(self) -> str:
@@ -251,7 +272,24 @@ def _base_type(tp: Any) -> type:
     return args[0] if args else tp
 
 
+def _coerce_profile(value: Any) -> str | dict[str, Any] | None:
+    """``profile``: None, a preset name (kept), or a profile file / mapping of fields (→ its
+    validated :meth:`~soensim.HardwareProfile.to_dict`)."""
+    from soensim.profiles import PRESETS, HardwareProfile, ProfileError
+
+    if value is None or (isinstance(value, str) and value in PRESETS):
+        return value
+    try:
+        return HardwareProfile.resolve(value).to_dict()
+    except ProfileError as exc:
+        raise ConfigError(f"profile: {exc}") from None
+    except OSError as exc:  # a profile file that cannot be read
+        raise ConfigError(f"profile: {exc.filename or value}: {exc.strerror or exc}") from None
+
+
 def _coerce(name: str, value: Any, tp: Any) -> Any:
+    if name == "profile":
+        return _coerce_profile(value)
     optional = type(None) in typing.get_args(tp)
     base = _base_type(tp)
     if value is None:
@@ -300,7 +338,7 @@ def _validate(cfg: RunConfig) -> None:
     _choice("schedule", cfg.schedule, SCHEDULES)
     _choice("nonfinite_policy", cfg.nonfinite_policy, ("stop", "rollback"))
     _choice("bias_mode", cfg.bias_mode, ("learnable", "frozen-zero"))
-    _choice("hw_bias", cfg.hw_bias, ("profile", "zero", "init"))
+    _choice("hw_bias", cfg.hw_bias, ("profile", "tau-min", "chrono", "zero", "init"))
     _choice("head", cfg.head, ("linear", "mlp"))
     _choice("device", cfg.device, ("auto", "cpu", "cuda"))
     _choice("cell", cfg.cell, ("gru", "lstm"))
@@ -308,10 +346,6 @@ def _validate(cfg: RunConfig) -> None:
     from gates import GATES
 
     _choice("gate", cfg.gate, sorted(GATES))
-    if cfg.profile is not None:
-        from soensim.profiles import PRESETS
-
-        _choice("profile", cfg.profile, sorted(PRESETS))
     _at_least(cfg, ("epochs", "batch_size", "hidden", "log_every", "eval_batch_size", "spike_window", "image_size",
                     "seq_len", "steps_per_epoch", "eval_size", "head_hidden", "gate_stats_size", "max_steps",
                     "threads", "train_subset", "test_subset", "train_size"), 1)

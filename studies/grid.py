@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import multiprocessing as mp
 import os
@@ -47,7 +48,7 @@ from .config import RunConfig, parse_overrides
 from .errors import ConfigError, DataError, RunDirError
 from .files import DirLock, read_json, write_json_atomic, write_text_atomic
 from .rundir import ERROR_FILE, RunDir, check_reuse, clear, read_config, read_summary
-from .stats import mean_std
+from .stats import mean_ci
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
@@ -293,16 +294,53 @@ def collect(sdir: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
-def _j_max(cfg: RunConfig) -> float | str:
-    """The coupling bound a run was trained under; "-" for software runs (none applied)."""
+def _hardware_columns(cfg: RunConfig) -> dict[str, Any]:
+    """The limits a run was trained under (its profile after the run's overrides): the coupling
+    bound ``J_max``, the ``flux_budget`` (Σ_j |W_ij| per row) and the fabricable τ range in ns;
+    "-" where none applies (software runs, or a profile without that limit)."""
     if cfg.profile is None:
-        return "-"
-    if cfg.coupling_max is not None:
-        return cfg.coupling_max
-    from soensim import HardwareProfile
+        return {"J_max": "-", "flux_budget": "-", "tau_ns": "-"}
+    from .models import run_profile
 
-    j = HardwareProfile.preset(cfg.profile).coupling_max
-    return "-" if j is None else j
+    p = run_profile(cfg)
+    if p.tau_range is not None:
+        taus = f"{p.tau_range[0] * 1e9:.3g}–{p.tau_range[1] * 1e9:.3g}"
+    elif p.tau_values:
+        taus = ",".join(f"{t * 1e9:.3g}" for t in p.tau_values)
+    else:
+        taus = "-"
+    return {"J_max": "-" if p.coupling_max is None else p.coupling_max,
+            "flux_budget": "-" if p.flux_budget is None else p.flux_budget, "tau_ns": taus}
+
+
+#: RunConfig fields the results header states (with the values every run of the table shares).
+HEADER_FIELDS = ("task", "image_size", "channels", "train_subset", "val_size", "test_subset", "seq_len",
+                 "train_size", "cell", "hidden", "head", "optimizer", "lr", "lr_min", "weight_decay", "schedule",
+                 "epochs", "batch_size", "clip_norm", "max_steps", "orthogonal_hh", "update_bias_init",
+                 "reset_bias_init", "hw_dt")
+
+
+def configuration_header(configs: Sequence[RunConfig | None], overrides: Sequence[str] = ()) -> str:
+    """One paragraph stating what ran: the :data:`HEADER_FIELDS` all runs share, those that
+    differ between rows (they are columns or named rows), the seeds, and the ``--set`` overrides."""
+    cfgs = [c for c in configs if c is not None]
+    if not cfgs:
+        return ""
+    shared, varying = [], []
+    for name in HEADER_FIELDS:
+        values = {json.dumps(getattr(c, name)) for c in cfgs}
+        if len(values) == 1:
+            v = getattr(cfgs[0], name)
+            if v is not None:
+                shared.append(f"{name}={v:g}" if isinstance(v, float) else f"{name}={v}")
+        else:
+            varying.append(name)
+    text = "Configuration that ran: " + ", ".join(shared)
+    text += f"; seeds {sorted({c.seed for c in cfgs})}"
+    if varying:
+        text += f"; varying by row: {', '.join(varying)}"
+    text += "." + (f" Overrides: {' '.join(overrides)}." if overrides else " No overrides.")
+    return text
 
 
 #: Per-run values the results table aggregates over seeds.
@@ -322,7 +360,8 @@ def _summary_values(s: Mapping[str, Any], metric: str) -> dict[str, Any]:
 
 
 def results_table(sdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """One record per row (seeds aggregated by :func:`studies.stats.mean_std`)."""
+    """One record per row: seeds aggregated by :func:`studies.stats.mean_ci` (``<column>`` the
+    mean, ``<column>_ci95`` the half-width of its 95 % interval)."""
     runs = collect(sdir)
     rows: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
@@ -335,13 +374,15 @@ def results_table(sdir: str | os.PathLike) -> list[dict[str, Any]]:
         statuses = [r["summary"]["status"] if r["summary"] else ("error" if r["error"] else "pending") for r in items]
         rec: dict[str, Any] = {"row": row, "seeds": len(items), "status": ",".join(sorted(set(statuses)))}
         if cfg is not None:
-            rec.update({"gate": cfg.gate, "bias": cfg.bias_mode, "profile": cfg.profile or "software",
-                        "J_max": _j_max(cfg)})
+            rec.update({"gate": cfg.gate, "bias": cfg.bias_mode if cfg.profile is None else f"hw:{cfg.hw_bias}",
+                        "profile": cfg.profile_name or "software", **_hardware_columns(cfg)})
         rec["metric"] = metric
         per_seed = [_summary_values(s, metric) for s in sums]
         for label in SUMMARY_COLUMNS:
-            rec[label], rec[label + "_std"] = mean_std(v[label] for v in per_seed)
+            rec[label], rec[label + "_ci95"] = mean_ci([v[label] for v in per_seed])
         rec["params"] = sums[0]["params"] if sums else None
+        found = [s.get("violations") for s in sums]
+        rec["violations"] = "-" if not found or found[0] is None else sum(len(v or ()) for v in found)
         errors = [r["error"] for r in items if r["error"]]
         rec["error"] = errors[0] if errors else ""
         table.append(rec)
@@ -377,7 +418,7 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
         table = results_table(sdir)
         info = read_study_file(sdir)
         csv_cols = list(dict.fromkeys(k for rec in table for k in rec))
-        cols = [c for c in csv_cols if not c.endswith("_std")]
+        cols = [c for c in csv_cols if not c.endswith("_ci95")]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=csv_cols, lineterminator="\n", restval="")
         writer.writeheader()
@@ -386,10 +427,14 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
         csv_path = write_text_atomic(sdir / "results.csv", buf.getvalue())
         lines = [f"# {info.get('study')} — preset {info.get('preset')}", ""]
         if info.get("notes"):
-            lines += [str(info["notes"]), ""]
+            lines += [f"Preset: {info['notes']}", ""]
+        header = configuration_header([r["config"] for r in collect(sdir)], info.get("overrides") or ())
+        if header:
+            lines += [header + " Cells are means over seeds ± the half-width of their 95 % confidence interval "
+                      "(Student's t; none with one seed).", ""]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for rec in table:
-            lines.append("| " + " | ".join(markdown_cell(format_value(rec.get(c), rec.get(c + "_std")))
+            lines.append("| " + " | ".join(markdown_cell(format_value(rec.get(c), rec.get(c + "_ci95")))
                                            for c in cols) + " |")
         lines.append("")
         md_path = write_text_atomic(sdir / "results.md", "\n".join(lines))

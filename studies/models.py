@@ -15,7 +15,7 @@ mechanism), read through its :func:`soensim.layout`; frozen biases come from
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,8 @@ from gates import stats as gate_stats
 from soensim import HardwareProfile
 from soensim.constraints import ConstraintReport, constrain, freeze_biases
 from soensim.layouts import layout, tensor
+
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .train import RunConfig
@@ -111,12 +113,37 @@ def recurrent_diagnostics(rnn: nn.Module) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- builders
 def build_model(cfg: RunConfig, input_size: int, num_outputs: int, seq_len: int, readout: int = 1) -> SequenceModel:
-    """The recurrent layer (+ hardware constraints when ``cfg.profile`` is set) and the head."""
+    """The recurrent layer (+ hardware constraints when ``cfg.profile`` is set) and the head.
+
+    Under a profile the constrained layer is checked at once (:func:`profile_violations`): a
+    row whose configuration breaks its profile raises :class:`~studies.errors.ConfigError`
+    naming the rule, before any training."""
     rnn = make_recurrent(cfg, input_size, seq_len)
-    report = apply_hardware(rnn, cfg, seq_len) if cfg.profile is not None else None
+    try:
+        report = apply_hardware(rnn, cfg, seq_len) if cfg.profile is not None else None
+    except ValueError as exc:  # a layer the profile cannot realise (e.g. a gate without a leaky decay)
+        raise ConfigError(f"row {cfg.row!r} cannot run under profile {run_profile(cfg).name!r}: {exc}") from None
     model = SequenceModel(rnn, cfg.hidden, num_outputs, cfg.head, cfg.head_hidden, readout)
     model.constraint_report = report  # what constrain() did (None in software), for inspection
+    broken = profile_violations(model)
+    if broken:
+        first = broken[0]
+        raise ConfigError(f"row {cfg.row!r} breaks profile {run_profile(cfg).name!r} at initialisation: rule "
+                          f"{first['rule']} on {first['parameter']} (worst {first['value']:.4g}, limit "
+                          f"{first['limit']}){f' and {len(broken) - 1} more' if len(broken) > 1 else ''}")
     return model
+
+
+def profile_violations(model: nn.Module) -> list[dict[str, Any]]:
+    """The broken rules of ``model`` against the profile it was built under
+    (:meth:`~soensim.constraints.ConstraintReport.check` of ``model.constraint_report``) as
+    JSON-ready records ``{rule, parameter, value, limit, message}``; empty when every rule
+    holds or the model is software."""
+    report = getattr(model, "constraint_report", None)
+    if report is None:
+        return []
+    return [{"rule": v.rule, "parameter": v.parameter, "value": v.value, "limit": v.limit, "message": v.message}
+            for v in report.check()]
 
 
 def hardware_dt(cfg: RunConfig, seq_len: int) -> float:
@@ -129,14 +156,26 @@ def hardware_dt(cfg: RunConfig, seq_len: int) -> float:
     """
     if cfg.hw_dt is not None:
         return cfg.hw_dt
-    return HardwareProfile.preset(cfg.profile).dt * 1024 / seq_len
+    return run_profile(cfg).dt * 1024 / seq_len
+
+
+def run_profile(cfg: RunConfig) -> HardwareProfile:
+    """The hardware profile a run trains under: ``cfg.profile`` with the run's overrides
+    (``coupling_max``; ``bias_mode="frozen-zero"`` freezes the reset bias at 0)."""
+    profile = HardwareProfile.resolve(cfg.profile)
+    if cfg.coupling_max is not None:
+        profile = profile.replace(coupling_max=cfg.coupling_max)
+    if cfg.bias_mode == "frozen-zero":
+        profile = profile.replace(reset_bias=0.0, trainable=profile.trainable - {"reset_bias"})
+    return profile
 
 
 def make_recurrent(cfg: RunConfig, input_size: int, seq_len: int) -> nn.Module:
     """One batch_first recurrent layer for ``cfg``: ``cell``, ``gate``, ``hidden``, orthogonal
     W_hh blocks (``orthogonal_hh``), chrono T_max (``chrono_tmax``, default the sequence
     length), and for the standard gate ``-`` of a GRU b_z = b_r = ``update_bias_init`` (the bias
-    ablation's init); ``bias_mode="frozen-zero"`` then sets b_z = b_r = 0 with b_n trainable. In
+    ablation's init); ``reset_bias_init`` (when set) then gives every GRU mechanism the same b_r,
+    so that rows differ only in the mechanism under test; ``bias_mode="frozen-zero"`` then sets b_z = b_r = 0 with b_n trainable. In
     software they are frozen here (:func:`soensim.constraints.freeze_biases`: neither the gradient
     nor AdamW's weight decay moves them); under a profile :func:`apply_hardware` freezes them.
     """
@@ -148,6 +187,8 @@ def make_recurrent(cfg: RunConfig, input_size: int, seq_len: int) -> nn.Module:
     if lay.core == "gru" and cfg.gate == "-":
         for block in gated:
             gate_init.set_bias(rnn, block, cfg.update_bias_init)
+    if lay.core == "gru" and cfg.reset_bias_init is not None:
+        gate_init.set_bias(rnn, lay.reset_block, cfg.reset_bias_init)
     if cfg.bias_mode == "frozen-zero":
         if lay.core != "gru":
             raise ValueError("bias_mode='frozen-zero' (b_z = b_r = 0) is defined for GRU cells")
@@ -167,17 +208,52 @@ def gate_statistics(rnn: nn.Module, x: Tensor, cell: str = "gru") -> dict[str, l
     return {k: v.tolist() for k, v in gate_stats.gate_means(rnn, x).items()}
 
 
-def hardware_update_bias(rnn: nn.Module, cfg: RunConfig) -> Tensor | None:
-    """Decay-gate biases a hardware row freezes instead of the profile's design values:
-    ``hw_bias="zero"`` → zeros (τ = Δt / ln 2 for a sigmoid gate), ``"init"`` → the layer's
-    initial draw (e.g. chrono); ``"profile"`` → None (``constrain`` maps the profile's τ
-    values through the layout's ``decay``)."""
+def hardware_update_bias(rnn: nn.Module, cfg: RunConfig, seq_len: int) -> Tensor | None:
+    """Decay-gate biases a hardware row freezes instead of the profile's design values
+    (float64, one per unit, at the step :func:`hardware_dt`), by ``cfg.hw_bias``:
+
+    - ``"profile"`` → None: ``constrain`` maps the profile's τ values (log-uniform over its
+      range, or its fabricated set) through the layout's ``decay``;
+    - ``"tau-min"`` → every unit at the profile's shortest τ (the least memory the hardware
+      offers: the hardware form of the b_z = 0 ablation);
+    - ``"chrono"`` → chrono's distribution of time scales (Tallec & Ollivier 2018: uniform
+      over [1, T_max] steps) restricted to the fabricable range: τ ~ U[τ_min, min(τ_max,
+      T_max·Δt)], seeded by ``cfg.seed``;
+    - ``"zero"`` → zeros (τ = Δt / ln 2 for a sigmoid gate), ``"init"`` → the layer's own
+      initial draw: both usually outside a profile's range, so the row fails at start.
+    """
     if cfg.hw_bias == "profile":
         return None
     rows = decay_rows(rnn)
+    n = rows.stop - rows.start
     if cfg.hw_bias == "zero":
-        return torch.zeros(rows.stop - rows.start, dtype=torch.float64)
-    return _first_decay_bias(rnn).detach().double().clone()  # type: ignore[union-attr]
+        return torch.zeros(n, dtype=torch.float64)
+    if cfg.hw_bias == "init":
+        return _first_decay_bias(rnn).detach().double().clone()  # type: ignore[union-attr]
+    profile, dt = run_profile(cfg), hardware_dt(cfg, seq_len)
+    lo, hi = _fabricable_taus(profile)
+    if cfg.hw_bias == "tau-min":
+        tau = torch.full((n,), lo, dtype=torch.float64)
+    else:
+        tmax = cfg.chrono_tmax if cfg.chrono_tmax is not None else float(seq_len)
+        top = max(lo, min(hi, tmax * dt))
+        gen = torch.Generator().manual_seed(CHRONO_STREAM + cfg.seed)
+        tau = lo + (top - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+    lay = layout(rnn)
+    return lay.decay.bias_for_tau(tau, dt)[lay.decay_block]
+
+
+#: Offset of the seed that draws ``hw_bias="chrono"`` time constants (apart from the weights' stream).
+CHRONO_STREAM = 7_000
+
+
+def _fabricable_taus(profile: HardwareProfile) -> tuple[float, float]:
+    """(τ_min, τ_max) in seconds that ``profile`` can fabricate."""
+    if profile.tau_range is not None:
+        return float(profile.tau_range[0]), float(profile.tau_range[1])
+    if profile.tau_values:
+        return float(min(profile.tau_values)), float(max(profile.tau_values))
+    raise ConfigError(f"hw_bias needs a profile with fabricated time constants; {profile.name!r} has none")
 
 
 def apply_hardware(rnn: nn.Module, cfg: RunConfig, seq_len: int) -> ConstraintReport:
@@ -189,14 +265,9 @@ def apply_hardware(rnn: nn.Module, cfg: RunConfig, seq_len: int) -> ConstraintRe
     ``bias_mode="frozen-zero"`` frozen at 0); weights |W| ≤ ``cfg.coupling_max`` (default: the
     profile's ``coupling_max``). The head is a software read-out and stays unconstrained.
     """
-    profile = HardwareProfile.preset(cfg.profile)
-    if cfg.coupling_max is not None:
-        profile = profile.replace(coupling_max=cfg.coupling_max)
-    if cfg.bias_mode == "frozen-zero":
-        profile = profile.replace(reset_bias=0.0, trainable=profile.trainable - {"reset_bias"})
-    return constrain(rnn, profile, dt=hardware_dt(cfg, seq_len), seed=cfg.seed,
-                     update_bias=hardware_update_bias(rnn, cfg))
+    return constrain(rnn, run_profile(cfg), dt=hardware_dt(cfg, seq_len), seed=cfg.seed,
+                     update_bias=hardware_update_bias(rnn, cfg, seq_len))
 
 
 __all__ = ["SequenceModel", "apply_hardware", "build_model", "count_parameters", "decay_rows", "gate_statistics",
-           "hardware_dt", "hardware_update_bias", "make_recurrent", "recurrent_diagnostics"]
+           "hardware_dt", "hardware_update_bias", "make_recurrent", "profile_violations", "recurrent_diagnostics", "run_profile"]

@@ -1,8 +1,10 @@
-"""The one statistics helper of the studies: mean and spread over seeds.
+"""The one statistics helper of the studies: mean, spread and comparisons over seeds.
 
 Over seeds (results tables, accuracy-by-size tables, transfer sweeps) the studies report
 the mean and the *sample* standard deviation (divisor n − 1, the unbiased variance
-estimate; 0 for a single value). Missing values (None, NaN) are left out; infinite values
+estimate; 0 for a single value), or the mean with the half-width of its 95 % confidence
+interval (Student's t, :func:`mean_ci`); two rows are compared by Welch's t-test
+(:func:`welch_p`, unequal variances). Missing values (None, NaN) are left out; infinite values
 are kept, so a diverged seed with an infinite metric makes the mean infinite instead of
 vanishing from the table.
 """
@@ -31,6 +33,34 @@ def mean_std(values: Iterable[Any]) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def mean_ci(values: Iterable[Any], level: float = 0.95) -> tuple[float, float]:
+    """``(mean, half-width)`` of the ``level`` confidence interval of the mean, Student's t with
+    n − 1 degrees of freedom: ``t_{(1+level)/2, n-1} · s / √n``. The half-width is NaN for
+    fewer than two finite values (no interval from one seed)."""
+    from scipy import stats
+
+    vals = _values(values)
+    mean, std = mean_std(vals)
+    n = len(vals)
+    if n < 2 or not math.isfinite(std):
+        return mean, math.nan
+    return mean, float(stats.t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
+
+
+def welch_p(a: Iterable[Any], b: Iterable[Any]) -> float:
+    """Two-sided p-value of Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``) that
+    ``a`` and ``b`` have equal means; NaN with fewer than two finite values on either side,
+    or when both are constant (no variance to test against)."""
+    from scipy import stats
+
+    x, y = _values(a), _values(b)
+    if len(x) < 2 or len(y) < 2 or not all(map(math.isfinite, x + y)):
+        return math.nan
+    if statistics.pvariance(x) == 0 and statistics.pvariance(y) == 0:
+        return math.nan
+    return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+
+
 def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], by: Sequence[str]) -> list[dict[str, Any]]:
     """One record per distinct ``by`` key (in order of first appearance) with
     ``<metric>_mean``, ``<metric>_std`` (:func:`mean_std`) for every metric and ``n``
@@ -48,4 +78,4 @@ def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], by: Seq
     return out
 
 
-__all__ = ["mean_std", "summarize"]
+__all__ = ["mean_ci", "mean_std", "summarize", "welch_p"]

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from .config import RunConfig
 from .errors import ConfigError, RunDirError
 from .files import read_jsonl
+from .models import profile_violations
 from .monitor import Diverged, SpikeDetector, divergence, nonfinite_parameters
 from .optim import CosineToFloor, make_optimizer, make_schedule
 from .rundir import (
@@ -56,6 +57,7 @@ from .rundir import (
     read_summary,
 )
 from .taskdata import OBJECTIVES, ArraySplit, StreamSplit, TaskData, evaluate
+from .tensorboard_log import tracker
 
 StepCallback = Callable[["Trainer", dict[str, Any]], None]
 
@@ -108,6 +110,7 @@ class Trainer:
         self.dir = RunDir(self.run_dir)
         self.objective = OBJECTIVES[data.objective]
         self.callbacks = list(callbacks)
+        self.tracker = tracker(cfg, self.run_dir)  # TensorBoard (cfg.tensorboard) or a no-op
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -195,6 +198,7 @@ class Trainer:
         if stats:
             self.dir.append(GATES_FILE, {"epoch": self.epoch, "step": self.step,
                                          **{k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in stats.items()}})
+            self.tracker.gates(self.step, stats)
 
     # ------------------------------------------------------------------ training
     def _loss_reference(self) -> float | None:
@@ -250,6 +254,7 @@ class Trainer:
                     self.event("spike", loss=loss_v, median=self.spikes.last_median)
                 if spike or self.step % cfg.log_every == 0 or self.step == 1:
                     self.dir.append(STEPS_FILE, {**record, "spike": spike})
+                self.tracker.step(record)
                 for cb in self.callbacks:
                     cb(self, record)
                 if bar is not None:
@@ -281,6 +286,7 @@ class Trainer:
         record["elapsed_s"] = self.elapsed
         record["spikes_total"] = self.spikes.count
         self.dir.append(EPOCHS_FILE, record)
+        self.tracker.epoch(record, self.model)
         self._gate_stats()
         self.save_checkpoint()
 
@@ -306,6 +312,7 @@ class Trainer:
         self.rollbacks, self.nonfinite = rollbacks, nonfinite
         self.scheduler.set_scale(scale * self.cfg.rollback_lr_factor)
         self.dir.truncate_logs(self.step, self.epoch)
+        self.tracker.close()  # reopened at the next record, purging the steps rolled back
         self.event("rollback", from_step=bad_step, lr_scale=self.scheduler.scale, reason=str(err))
         self.save_checkpoint()
         return True
@@ -315,7 +322,7 @@ class Trainer:
 
         ``resume``: continue from the directory's checkpoint (which must have been written
         under this config), else start over. Holds the directory's lock throughout."""
-        with self.dir.lock(), torch_threads(self.cfg.threads):
+        with self.dir.lock(), torch_threads(self.cfg.threads), self.tracker:
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
@@ -371,6 +378,7 @@ class Trainer:
             "lr_scale": self.scheduler.scale,
             "params": n_params,
             "trainable_params": n_train,
+            "violations": profile_violations(self.model) if self.cfg.profile is not None else None,
             "elapsed_s": self.elapsed,
             "data": self.data.info,
             "device": str(self.device),

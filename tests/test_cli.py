@@ -1,4 +1,6 @@
-"""soensim-study CLI: list, run (smoke, synthetic data), override validation, resume, plot, summarize."""
+"""soensim-study CLI: list, run (smoke, synthetic data), override validation, resume, plot, summarize,
+profile files (--profile)."""
+import csv
 import json
 import math
 import subprocess
@@ -7,6 +9,7 @@ import sys
 import pytest
 from test_plots import assert_png_drawn
 
+from soensim import HardwareProfile
 from studies.bias_ablation import runs as scifar_runs
 from studies.cli import main
 from studies.train import CHECKPOINT_FILE, SUMMARY_FILE, read_jsonl, run
@@ -144,3 +147,106 @@ def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "studies", "list"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "scifar-bias" in proc.stdout
+
+
+# --------------------------------------------------------------------------- --profile FILE
+CHIP = 'name = "my-chip"\ndt = 1e-10\ntau_range = [1e-8, 2e-7]\ntau_spread = 0.07\ncoupling_max = 0.3\n' \
+       'weight_levels = 12\ntrainable = ["weights", "candidate_bias"]\n'
+
+
+def test_profile_file_for_run_and_transfer(tmp_path, capsys):
+    chip = tmp_path / "chip.toml"
+    chip.write_text(CHIP)
+    out = tmp_path / "out"
+    args = ["run", "scifar-bias", "--preset", "smoke", "--out", str(out), "--rows", "baseline,baseline-hw",
+            "--set", "epochs=1"]
+    rc = main([*args, "--profile", str(chip)])
+    assert rc == 0, capsys.readouterr().err
+    sdir = out / "scifar-bias" / "smoke"
+    hw = json.loads((sdir / "runs" / "baseline-hw-s0" / "config.json").read_text())
+    sw = json.loads((sdir / "runs" / "baseline-s0" / "config.json").read_text())
+    # the hardware row runs under the file's profile, recorded as its content; the software row stays software
+    assert hw["profile"]["name"] == "my-chip" and hw["profile"]["coupling_max"] == 0.3
+    assert hw["profile"]["tau_range"] == [1e-8, 2e-7] and sw["profile"] is None
+    summary = json.loads((sdir / "runs" / "baseline-hw-s0" / SUMMARY_FILE).read_text())
+    assert 0 < summary["final"]["w_max_abs"] <= 0.3 + 1e-7  # the file's J_max, not the preset's 0.5
+    table = (sdir / "results.md").read_text()
+    assert "| 0.3 |" in table  # J_max column read from the recorded profile
+    assert json.loads((sdir / "study.json").read_text())["profile_file"] == str(chip.resolve())
+
+    # the fingerprint follows the file's content: same content elsewhere reuses, edited content is refused
+    moved = tmp_path / "moved.toml"
+    moved.write_text(CHIP)
+    assert main([*args, "--profile", str(moved), "--no-report"]) == 0
+    moved.write_text(CHIP.replace("coupling_max = 0.3", "coupling_max = 0.25"))
+    assert main([*args, "--profile", str(moved), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "profile:" in err and "0.25" in err and "--restart" in err
+
+    # transfer: the chip's τ spread and weight levels become points of the sweeps
+    runs = [str(sdir / "runs" / f"{r}-s0") for r in ("baseline", "baseline-hw")]
+    assert main(["transfer", *runs, "--out", str(tmp_path / "tr"), "--seeds", "1", "--eval-size", "16",
+                 "--profile", str(chip)]) == 0
+    with open(tmp_path / "tr" / "transfer_rows.csv") as f:
+        points = {(r["kind"], r["value"]) for r in csv.DictReader(f)}
+    assert {("tau_spread", "0.07"), ("quantize", "12"), ("clip", "0.3"), ("tau_spread", "0.05")} <= points
+
+
+def test_profile_sweeps_order_and_values(tmp_path):
+    from studies.cli import _profile_sweeps
+    from studies.transfer_study import SWEEPS
+
+    chip = tmp_path / "chip.toml"
+    chip.write_text(CHIP)
+    sweeps = _profile_sweeps(str(chip))
+    assert sweeps["tau_spread"] == (0.0, 0.05, 0.07, 0.1, 0.2)
+    assert sweeps["quantize"] == (None, 64, 16, 12, 8) and sweeps["clip"] == (None, 1.0, 0.5, 0.3, 0.25)
+    assert sweeps["flux_noise"] == SWEEPS["flux_noise"] and sweeps["state_noise"] == SWEEPS["state_noise"]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("tau_spread = 1.5\n", r"chip.toml: tau_spread must be a finite number in \[0, 1\); got 1.5"),
+    ("coupling_max = 0.3\nwires = 2\n", r"chip.toml: unknown profile fields \['wires'\]"),
+])
+def test_bad_profile_file_is_one_line_exit_2(tmp_path, capsys, text, match):
+    import re
+
+    chip = tmp_path / "chip.toml"
+    chip.write_text(text)
+    for argv in (["run", "scifar-bias", "--preset", "smoke", "--out", str(tmp_path / "o"), "--profile", str(chip)],
+                 ["run", "scifar-bias", "--preset", "smoke", "--out", str(tmp_path / "o"), "--set",
+                  f"profile={chip}"],
+                 ["transfer", str(tmp_path), "--profile", str(chip)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err and re.search(match, err), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_profile_flag_mistakes(tmp_path, capsys):
+    chip = tmp_path / "chip.toml"
+    chip.write_text(CHIP)
+    base = ["run", "scifar-bias", "--preset", "smoke", "--out", str(tmp_path / "o")]
+    assert main([*base, "--rows", "baseline", "--profile", str(chip)]) == 2
+    assert "all run in software" in capsys.readouterr().err
+    assert main([*base, "--profile", str(chip), "--set", "profile=soen-dendrite"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main([*base, "--profile", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json: No such file or directory" in capsys.readouterr().err
+    assert main([*base, "--set", "profile=nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_profile_file_in_a_config_records_content(tmp_path):
+    from studies.config import RunConfig
+
+    chip = tmp_path / "chip.json"
+    HardwareProfile.preset("soen-fabricated").replace(name="fab2", coupling_max=0.4).save(chip)
+    cfg = RunConfig(profile=str(chip))
+    assert cfg.profile == HardwareProfile.load(chip).to_dict() and cfg.profile_name == "fab2"
+    assert RunConfig.from_json(cfg.to_json()) == cfg  # the recorded config needs no file
+    assert RunConfig(profile=cfg.profile).fingerprint == cfg.fingerprint
+    assert RunConfig(profile="soen-fabricated").profile == "soen-fabricated"  # presets stay names
+    HardwareProfile.load(chip).replace(coupling_max=0.45).save(chip)
+    assert RunConfig(profile=str(chip)).fingerprint != cfg.fingerprint
+    assert RunConfig(tensorboard=True).fingerprint == RunConfig().fingerprint

@@ -155,3 +155,61 @@ def test_dendrite_flux_budget_comes_from_the_flux_window():
 def test_infinite_fields_are_refused_naming_the_field(field, value):
     with pytest.raises(ProfileError, match=field):
         HardwareProfile(**{field: value})
+
+
+# --------------------------------------------------------------------------- profile files
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_profile_files_round_trip(tmp_path, preset, suffix):
+    p = PRESETS[preset].replace(name="my-chip", flux_noise=0.02)
+    path = p.save(tmp_path / f"chip{suffix}")
+    q = HardwareProfile.load(path)
+    assert q == p and q.to_dict() == p.to_dict()
+    assert HardwareProfile.resolve(str(path)) == p and HardwareProfile.resolve(path) == p
+
+
+def test_toml_profile_leaves_out_fields_for_their_defaults(tmp_path):
+    (tmp_path / "chip.toml").write_text('name = "chip"\ndt = 1e-10\ntau_values = [2e-8, 1e-8]\ncoupling_max = 0.4\n'
+                                        'weight_levels = 8\ntrainable = ["weights"]\n')
+    p = HardwareProfile.load(tmp_path / "chip.toml")
+    assert p.tau_values == (1e-8, 2e-8) and p.coupling_max == 0.4 and p.weight_levels == 8
+    assert p.trainable == frozenset({"weights"}) and p.tau_range is None and p.flux_budget is None
+    assert p.nonidealities() == {"quantize": 8, "clip": 0.4}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("tau_spread = 1.5\n", r"tau_spread must be a finite number in \[0, 1\); got 1.5"),
+    ("dt = -1.0\n", r"dt must be a finite number in \[0, inf\]; got -1.0"),
+    ("weight_levels = 1\ncoupling_max = 0.5\n", "weight_levels must be ≥ 2; got 1"),
+    ("tau_range = 3\n", "tau_range must be a sequence of times in seconds; got 3"),
+    ('tau_range = [1e-8, "a"]\n', "tau_range entry must be a number"),
+    ("trainable = 3\n", "trainable must be a list of roles"),
+    ('trainable = ["wires"]\n', r"trainable has unknown roles \['wires'\]"),
+    ("tau_max = 1e-6\n", r"unknown profile fields \['tau_max'\]"),
+    ("dt = 1e-10\ntau_range = [1e-8 2e-8]\n", r"not valid TOML \(.*line 2"),
+])
+def test_bad_profile_file_names_the_file_the_field_and_the_range(tmp_path, text, match):
+    path = tmp_path / "chip.toml"
+    path.write_text(text)
+    with pytest.raises(ProfileError, match=match) as err:
+        HardwareProfile.load(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_bad_json_profile_and_bad_names(tmp_path):
+    (tmp_path / "chip.json").write_text('{"dt": 1e-10,\n "coupling_max": }')
+    with pytest.raises(ProfileError, match=r"chip.json: not valid JSON \(line 2"):
+        HardwareProfile.load(tmp_path / "chip.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ProfileError, match="list.json: profile data must be a mapping"):
+        HardwareProfile.load(tmp_path / "list.json")
+    with pytest.raises(ProfileError, match="ends in .json or .toml"):
+        HardwareProfile.load(tmp_path / "chip.yaml")
+    with pytest.raises(FileNotFoundError):
+        HardwareProfile.load(tmp_path / "missing.toml")
+    with pytest.raises(ProfileError, match=r"unknown preset 'soen'; known presets: .*or give a profile file"):
+        HardwareProfile.resolve("soen")
+    with pytest.raises(ProfileError, match="a profile is a preset name"):
+        HardwareProfile.resolve(3)
+    assert HardwareProfile.resolve("soen-dendrite") is PRESETS["soen-dendrite"]
+    assert HardwareProfile.resolve(PRESETS["software"].to_dict()) == PRESETS["software"]

@@ -15,6 +15,7 @@ from studies.models import (
     count_parameters,
     hardware_dt,
     hardware_update_bias,
+    profile_violations,
     recurrent_diagnostics,
 )
 from studies.registry import STUDIES, UnknownStudy, get_study
@@ -97,8 +98,8 @@ def test_ablated_row_keeps_update_and_reset_bias_at_zero_under_adamw():
     assert not torch.equal(model.rnn.bias_ih_l0.detach()[2 * H:], b_n_before[0])  # b_n learns
 
 
-@pytest.mark.parametrize("row", ["baseline-hw", "ablated-hw"])
-def test_hardware_rows_freeze_tau_and_bound_weights(row):
+@pytest.mark.parametrize("row", ["baseline-hw", "ablated-hw", "chrono-hw"])
+def test_hardware_rows_obey_their_profile_before_and_after_training(row):
     from soensim.constraints import check
 
     cfg = bias_ablation.runs("quick", rows=[row], overrides=["hidden=8"])[0]
@@ -109,21 +110,61 @@ def test_hardware_rows_freeze_tau_and_bound_weights(row):
     assert dt == pytest.approx(0.4e-9)  # one image = 1024 × 0.1 ns
     report = model.constraint_report
     (frozen,) = report.biases.values()
+    tau = dt / torch.log1p(torch.exp(-frozen))  # z = sigmoid(b) = exp(-dt/τ)
+    lo, hi = profile.tau_range
     if row == "baseline-hw":  # the profile's τ values through the one τ → bias mapping
         assert torch.allclose(frozen, tau_to_bias(profile.unit_taus(8, cfg.seed), dt))
-        assert hardware_update_bias(model.rnn, cfg) is None
-    else:
-        assert torch.all(frozen == 0)
+        assert hardware_update_bias(model.rnn, cfg, 256) is None
+    elif row == "ablated-hw":  # the least memory the hardware offers: every unit at τ_min
+        assert torch.allclose(tau, torch.full_like(tau, lo), rtol=1e-9)
+    else:  # chrono's uniform time scales, inside the fabricable range, not all equal
+        assert torch.all(tau >= lo * (1 - 1e-9)) and torch.all(tau <= hi * (1 + 1e-9)) and tau.std() > 0
+    assert profile_violations(model) == []
     _train_a_bit(model, wd=0.5)
-    assert check(model, profile, dt=dt, seed=cfg.seed, update_bias=hardware_update_bias(model.rnn, cfg),
-                 rules=["coupling_bound", "frozen_time_constant", "frozen_bias"]) == []
+    assert profile_violations(model) == []
+    assert check(model, profile, dt=dt, seed=cfg.seed, update_bias=report.update_bias) == []
     assert recurrent_diagnostics(model.rnn)["w_max_abs"] <= profile.coupling_max
     got = (model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0).detach()[8:16]
     assert torch.allclose(got.double(), frozen, atol=1e-5)
-    if row == "ablated-hw":  # b_z = 0 means τ = Δt/ln 2: not fabricable on this profile, and check says so
-        (v,) = check(model, profile, dt=dt, seed=cfg.seed, rules=["time_constant_range"])
-        assert v.value == pytest.approx(dt / math.log(2))
     assert isinstance(model.head, nn.Linear)  # the read-out is software: not bounded
+
+
+@pytest.mark.parametrize(("overrides", "rule"), [
+    (["hw_bias=zero"], "time_constant_range"),  # b_z = 0: τ = Δt/ln 2 ≈ 0.58 ns < τ_min = 10 ns
+    (["hw_bias=init", "gate=C", "chrono_tmax=5"], "time_constant_range"),  # chrono draws below τ_min
+    (["gate=O"], "leaky"),  # cumax has no per-unit decay bias to fabricate a τ with
+])
+def test_a_row_outside_its_profile_fails_at_start_naming_the_rule(overrides, rule):
+    cfg = bias_ablation.runs("quick", rows=["baseline-hw"], overrides=["hidden=8", *overrides])[0]
+    with pytest.raises(ConfigError, match=rule) as err:
+        build_model(cfg, 1, 10, 256)
+    assert "baseline-hw" in str(err.value) and "soen-dendrite" in str(err.value)
+
+
+def test_budget_rows_and_tau_sweep_record_their_profile():
+    rows = bias_ablation.row_names("medium")
+    for label in ("J", "B8", "B2", "B0.431"):
+        assert f"baseline-hw-{label}" in rows and f"ablated-hw-{label}" in rows
+    by_row = {c.row: c for c in bias_ablation.runs("medium", seeds=1)}
+    assert by_row["baseline-hw-J"].profile["flux_budget"] is None
+    assert by_row["ablated-hw-B2"].profile["flux_budget"] == 2.0
+    assert by_row["baseline-hw-B0.431"].profile["flux_budget"] == HardwareProfile.preset("soen-dendrite").flux_budget
+    assert by_row["baseline-hw-B2-tau10"].profile["tau_range"] == pytest.approx([1e-7, 1e-5])
+    assert by_row["baseline"].profile is None and by_row["ablated"].bias_mode == "frozen-zero"
+    assert len(bias_ablation.runs("medium")) >= 3 * len(rows)
+
+
+def _params(base, gate, hidden):
+    return count_parameters(build_model(RunConfig(**{**base, "gate": gate, "hidden": hidden}), 1, 10, 16))
+
+
+def test_refine_rows_are_parameter_matched():
+    for preset in ("quick", "full"):
+        base = bias_ablation.PRESETS[preset]["base"]
+        target = _params(base, "-", base["hidden"])
+        for gate in ("R", "UR"):
+            h = bias_ablation.PRESETS[preset]["rows"][f"gate-{gate}-pm"]["hidden"]
+            assert _params(base, gate, h) <= target < _params(base, gate, h + 1)
 
 
 def test_hardware_dt_choice():
@@ -138,7 +179,7 @@ def test_j_max_sweep_in_full_preset():
     for j in ("0.1", "0.25", "1"):
         assert f"baseline-hw-J{j}" in rows and f"ablated-hw-J{j}" in rows and f"chrono-hw-J{j}" in rows
     cfg = bias_ablation.runs("full", rows=["ablated-hw-J0.25"])[0]
-    assert cfg.coupling_max == 0.25 and cfg.profile == "soen-dendrite" and cfg.hw_bias == "zero"
+    assert cfg.coupling_max == 0.25 and cfg.profile == "soen-dendrite" and cfg.hw_bias == "tau-min"
 
 
 @pytest.mark.parametrize("module", STUDY_MODULES, ids=lambda m: m.NAME)

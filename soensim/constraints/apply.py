@@ -44,7 +44,7 @@ read their weights by attribute and are constrained in place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,7 @@ from torch.nn.utils import parametrize
 
 from ..layouts import layout, owner
 from ..profiles import HardwareProfile
+from .rules import Violation, check
 from .sites import Site, find_sites, per_cell, require, step
 from .transforms import BoundedWeight, FrozenRows, QuantizedWeight, RowBudget, connectivity_mask
 
@@ -76,7 +77,9 @@ class ConstraintReport:
     """What :func:`constrain` did; ``remove()`` undoes it (same as :func:`unconstrain`).
 
     ``taus``/``biases`` map each cell label (``"<module>.l0"``, ``"<module>.cell"``) to the
-    design time constants (seconds) and the frozen decay-gate biases (float64).
+    design time constants (seconds) and the frozen decay-gate biases (float64);
+    ``update_bias`` is the explicit value given to :func:`constrain` (None: the profile's).
+    :meth:`check` checks the model against the profile with the same arguments.
     """
 
     model: nn.Module = field(repr=False)
@@ -88,9 +91,16 @@ class ConstraintReport:
     transforms: tuple[AppliedTransform, ...] = field(repr=False)
     taus: dict[str, Tensor] = field(default_factory=dict, repr=False)
     biases: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    update_bias: Tensor | float | None = field(default=None, repr=False)
 
     def remove(self) -> list[str]:
         return unconstrain(self.model)
+
+    def check(self, **options: Any) -> list[Violation]:
+        """:func:`soensim.constraints.check` of the model against this profile at the step, seed,
+        spread and update biases :func:`constrain` used (``options`` go to ``check``)."""
+        return check(self.model, self.profile, dt=self.dt, seed=self.seed, spread=self.spread,
+                     update_bias=self.update_bias, **options)
 
     def __str__(self) -> str:
         lines = [
@@ -283,7 +293,7 @@ def constrain(
     for site in sites:
         applied += _constrain_weights(site, profile, seed)
     layers = tuple(dict.fromkeys(s.layer_name or "<model>" for s in sites))
-    return ConstraintReport(model, profile, dt_s, seed, spread, layers, tuple(applied), taus, biases)
+    return ConstraintReport(model, profile, dt_s, seed, spread, layers, tuple(applied), taus, biases, update_bias)
 
 
 def _constrain_weights(site: Site, profile: HardwareProfile, seed: int) -> list[AppliedTransform]:

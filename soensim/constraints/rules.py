@@ -30,17 +30,26 @@ FAN_IN_LIMIT = 20
 
 
 @dataclass(frozen=True)
-class Violation:
-    """One broken rule on one parameter; ``value`` is the worst offending value."""
+class Finding:
+    """One rule's result on one parameter: ``value`` is the worst value found (an offending one
+    when ``passed`` is false), ``limit`` what the rule allows."""
 
     parameter: str
     rule: str
     value: float
     limit: float | str
     message: str
+    passed: bool = True
 
     def __str__(self) -> str:
         return f"[{self.rule}] {self.parameter}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Violation(Finding):
+    """One broken rule on one parameter; ``value`` is the worst offending value."""
+
+    passed: bool = False
 
 
 @dataclass
@@ -72,9 +81,10 @@ class CheckContext:
         return (s for s in self.sites if s.gated)
 
 
-Rule = Callable[[CheckContext], Iterable[Violation]]
+Rule = Callable[[CheckContext], Iterable[Finding]]
 
-#: Named rules: name -> function(CheckContext) -> violations. ``check(rules=[...])`` selects.
+#: Named rules: name -> function(CheckContext) -> findings (a :class:`Violation` per broken
+#: parameter, a passed :class:`Finding` per complying one). ``check(rules=[...])`` selects.
 RULES: dict[str, Rule] = {}
 
 
@@ -87,7 +97,7 @@ def _rule(name: str) -> Callable[[Rule], Rule]:
 
 
 @_rule("coupling_bound")
-def _coupling_bound(ctx: CheckContext) -> Iterator[Violation]:
+def _coupling_bound(ctx: CheckContext) -> Iterator[Finding]:
     """Every coupling |w| ≤ profile.coupling_max (+atol)."""
     j = ctx.profile.coupling_max
     if j is None:
@@ -95,14 +105,16 @@ def _coupling_bound(ctx: CheckContext) -> Iterator[Violation]:
     for name, w, _, _ in ctx.weight_matrices():
         a = w.abs()
         bad = a > j + ctx.atol
+        worst = a.max().item() if a.numel() else 0.0
         if bad.any():
-            worst = a.max().item()
             yield Violation(name, "coupling_bound", worst, j,
                             f"{int(bad.sum())} of {w.numel()} weights exceed |J| ≤ {j:g} (max {worst:.4g})")
+        else:
+            yield Finding(name, "coupling_bound", worst, j, f"all {w.numel()} weights within |J| ≤ {j:g} (max {worst:.4g})")
 
 
 @_rule("quantization_levels")
-def _quantization_levels(ctx: CheckContext) -> Iterator[Violation]:
+def _quantization_levels(ctx: CheckContext) -> Iterator[Finding]:
     """Every coupling lies (within atol) on the profile's weight grid, or is exactly 0: an absent
     connection (a fan-in mask, or a weight rounded toward zero below the smallest level)."""
     j, levels = ctx.profile.coupling_max, ctx.profile.weight_levels
@@ -111,11 +123,14 @@ def _quantization_levels(ctx: CheckContext) -> Iterator[Violation]:
     for name, w, _, _ in ctx.weight_matrices():
         dist = torch.where(w == 0, 0.0, (w - quantize(w, j, levels)).abs())
         bad = dist > ctx.atol
+        worst = dist.max().item() if dist.numel() else 0.0
         if bad.any():
-            worst = dist.max().item()
             yield Violation(name, "quantization_levels", worst, ctx.atol,
                             f"{int(bad.sum())} of {w.numel()} weights are off the {levels}-level grid in ±{j:g} "
                             f"(max distance {worst:.3g})")
+        else:
+            yield Finding(name, "quantization_levels", worst, ctx.atol,
+                          f"all {w.numel()} weights on the {levels}-level grid in ±{j:g} or 0 (max distance {worst:.3g})")
 
 
 def _not_leaky(site: Site, rule: str) -> Violation | None:
@@ -139,7 +154,7 @@ def _expected_biases(ctx: CheckContext, site: Site) -> dict[str, Tensor]:
 
 
 @_rule("frozen_time_constant")
-def _frozen_time_constant(ctx: CheckContext) -> Iterator[Violation]:
+def _frozen_time_constant(ctx: CheckContext) -> Iterator[Finding]:
     """Decay-gate bias equals the profile's design value (seeded per cell) when τ is fixed and
     not trainable, or the ``update_bias`` given to :func:`check`."""
     p = ctx.profile
@@ -156,8 +171,8 @@ def _frozen_time_constant(ctx: CheckContext) -> Iterator[Violation]:
         for block, want in _expected_biases(ctx, site).items():
             err = (site.rows_sum(present, site.layout.block(block)) - want).abs()
             off = err > ctx.atol
+            worst = max(worst, err.max().item())
             if off.any():
-                worst = max(worst, err.max().item())
                 parts.append(f"{int(off.sum())} of {err.numel()} units of gate {block!r}")
         if parts:
             yield Violation(
@@ -166,10 +181,13 @@ def _frozen_time_constant(ctx: CheckContext) -> Iterator[Violation]:
                 + ("given update_bias (" if explicit else f"frozen design bias (seed {ctx.seed + site.index}, ")
                 + f"max |Δb| {worst:.3g})",
             )
+        else:
+            yield Finding(site.qual(present[0]), "frozen_time_constant", worst, ctx.atol,
+                          f"decay-gate biases at their frozen values (max |Δb| {worst:.3g})")
 
 
 @_rule("time_constant_range")
-def _time_constant_range(ctx: CheckContext) -> Iterator[Violation]:
+def _time_constant_range(ctx: CheckContext) -> Iterator[Finding]:
     """Decay-gate bias maps to a fabricable τ: inside [τ_min, τ_max] or at a fabricated value.
 
     With ``check(spread=True)`` the bands widen by ``SPREAD_SIGMAS * tau_spread`` (relative);
@@ -198,6 +216,10 @@ def _time_constant_range(ctx: CheckContext) -> Iterator[Violation]:
             ends = site.design_biases(torch.tensor([max(lo, 1e-300), hi], dtype=torch.float64), ctx.dt)[block]
             ok |= (b >= ends.min().item() - ctx.atol) & (b <= ends.max().item() + ctx.atol)
         if ok.all():
+            taus = site.tau_for_bias(b, ctx.dt)  # a leaky site: never None
+            yield Finding(site.qual(site.cell.biases[0]), "time_constant_range", float(taus.max()), label,  # type: ignore[union-attr]
+                          f"all {b.numel()} units of gate {block!r} inside {label} (τ from {float(taus.min()):.3g} "  # type: ignore[union-attr]
+                          f"to {float(taus.max()):.3g} s)")  # type: ignore[union-attr]
             continue
         t_bad = site.tau_for_bias(b, ctx.dt)[~ok]  # type: ignore[index]
         # the worst offender: farthest (in log τ) from the allowed bands
@@ -212,7 +234,7 @@ def _time_constant_range(ctx: CheckContext) -> Iterator[Violation]:
 
 
 @_rule("frozen_bias")
-def _frozen_bias(ctx: CheckContext) -> Iterator[Violation]:
+def _frozen_bias(ctx: CheckContext) -> Iterator[Finding]:
     """Non-trainable reset/candidate (and τ-less update) biases hold their fixed values."""
     p = ctx.profile
     for site in ctx.gate_sites():
@@ -233,15 +255,18 @@ def _frozen_bias(ctx: CheckContext) -> Iterator[Violation]:
             for group in ([[q] for q in present] if gru_candidate else [list(present)]):
                 err = (site.rows_sum(group, lay.block(block)) - want).abs()
                 off = err > ctx.atol
+                worst = err.max().item()
                 if off.any():
-                    worst = err.max().item()
                     yield Violation(site.qual(group[0]), "frozen_bias", worst, want,
                                     f"{int(off.sum())} rows of gate {block!r} ({' + '.join(group)}) differ from the "
                                     f"fixed value {want:g} (max |Δ| {worst:.3g})")
+                else:
+                    yield Finding(site.qual(group[0]), "frozen_bias", worst, want,
+                                  f"gate {block!r} ({' + '.join(group)}) at {want:g} (max |Δ| {worst:.3g})")
 
 
 @_rule("excitatory_flux_window")
-def _excitatory_flux_window(ctx: CheckContext) -> Iterator[Violation]:
+def _excitatory_flux_window(ctx: CheckContext) -> Iterator[Finding]:
     """Σ_{J>0} J·s_max ≤ 0.5 − φ_th per receiving unit, on the recurrent couplings.
 
     ``s_max``/``phi_th`` come from :func:`check`, or for SOEN-core layers from the layer's own
@@ -257,16 +282,19 @@ def _excitatory_flux_window(ctx: CheckContext) -> Iterator[Violation]:
             continue
         excess = flux_window_excess(J.double(), s_max, phi_th)
         bad = excess > ctx.atol
+        worst = excitatory_flux(J.double(), s_max).max().item()
+        lim = float((0.5 - torch.as_tensor(phi_th, dtype=torch.float64)).min())
         if bad.any():
-            worst = excitatory_flux(J.double(), s_max).max().item()
-            lim = float((0.5 - torch.as_tensor(phi_th, dtype=torch.float64)).min())
             yield Violation(name, "excitatory_flux_window", worst, lim,
                             f"{int(bad.sum())} of {J.shape[0]} units can receive Σ_(J>0) J·s_max up to {worst:.4g} "
                             f"> 0.5 − φ_th = {lim:.4g}")
+        else:
+            yield Finding(name, "excitatory_flux_window", worst, lim,
+                          f"every unit's Σ_(J>0) J·s_max (max {worst:.4g}) within 0.5 − φ_th")
 
 
 @_rule("fan_in")
-def _fan_in(ctx: CheckContext) -> Iterator[Violation]:
+def _fan_in(ctx: CheckContext) -> Iterator[Finding]:
     """Connections per receiving row ≤ max_fan_in (input + recurrent weights of a row together)."""
     limit = ctx.max_fan_in if ctx.max_fan_in is not None else ctx.profile.max_fan_in
     if limit is None:
@@ -277,14 +305,17 @@ def _fan_in(ctx: CheckContext) -> Iterator[Violation]:
             continue
         counts = sum(fan_in(site.value(w), ctx.atol) for w in mats)
         bad = counts > limit
+        worst = int(counts.max())
         if bad.any():
-            worst = int(counts.max())
             yield Violation(site.qual(" + ".join(mats)), "fan_in", float(worst), float(limit),
                             f"{int(bad.sum())} units have fan-in above {limit} (max {worst})")
+        else:
+            yield Finding(site.qual(" + ".join(mats)), "fan_in", float(worst), float(limit),
+                          f"every unit's fan-in within {limit} (max {worst})")
 
 
 @_rule("flux_budget")
-def _flux_budget(ctx: CheckContext) -> Iterator[Violation]:
+def _flux_budget(ctx: CheckContext) -> Iterator[Finding]:
     """Σ_j |W_ij| ≤ profile.flux_budget (+atol) per row, input and recurrent weights of the row together."""
     budget = ctx.profile.flux_budget
     if budget is None:
@@ -295,11 +326,50 @@ def _flux_budget(ctx: CheckContext) -> Iterator[Violation]:
             continue
         total = row_l1(*(site.value(w) for w in mats))
         bad = total > budget + ctx.atol
+        worst = total.max().item()
         if bad.any():
-            worst = total.max().item()
             yield Violation(site.qual(" + ".join(mats)), "flux_budget", worst, budget,
                             f"{int(bad.sum())} of {total.numel()} rows receive Σ_j |W_ij| up to {worst:.4g} "
                             f"> flux_budget {budget:g}")
+        else:
+            yield Finding(site.qual(" + ".join(mats)), "flux_budget", worst, budget,
+                          f"every row's Σ_j |W_ij| (max {worst:.4g}) within flux_budget {budget:g}")
+
+
+def rule_findings(
+    model: nn.Module,
+    profile: HardwareProfile,
+    *,
+    dt: float | None = None,
+    seed: int = 0,
+    spread: bool = False,
+    atol: float = 1e-6,
+    rules: Sequence[str] | None = None,
+    s_max: float | Tensor | None = None,
+    phi_th: float | Tensor | None = None,
+    max_fan_in: int | None = None,
+    update_bias: Tensor | float | None = None,
+) -> dict[str, list[Finding]]:
+    """Every selected rule → its findings on ``model``: a :class:`Violation` per broken parameter,
+    a passed :class:`Finding` (worst value within the limit) per complying one; an empty list
+    when the rule does not apply (the profile sets no such limit). Arguments as :func:`check`."""
+    require(model, profile, "check")
+    if rules is None:
+        selected = list(RULES)
+    else:
+        if isinstance(rules, str):
+            rules = [rules]
+        unknown = [r for r in rules if r not in RULES]
+        if unknown:
+            raise ValueError(f"unknown rules {unknown}; known rules: {sorted(RULES)}")
+        selected = list(rules)
+    sites = find_sites(model)
+    if not sites:
+        raise ValueError(f"check: {type(model).__name__} has no recurrent layer (a gates layer, SOENLayer, "
+                         "torch's GRU/LSTM or their cells, or a module declaring layout())")
+    ctx = CheckContext(profile, step(profile, dt), seed, spread, float(atol), sites, s_max, phi_th, max_fan_in,
+                       update_bias)
+    return {name: list(RULES[name](ctx)) for name in selected}
 
 
 def check(
@@ -325,28 +395,12 @@ def check(
     their own ``s_max``/``phi_th``); ``max_fan_in`` (e.g. :data:`FAN_IN_LIMIT`) replaces
     ``profile.max_fan_in`` in ``fan_in``; ``update_bias`` (as for :func:`constrain`)
     replaces the profile's design biases in ``frozen_time_constant``.
-    ``rules`` selects rule names from :data:`RULES` (default: all).
+    ``rules`` selects rule names from :data:`RULES` (default: all). :func:`rule_findings`
+    also gives the rules that hold, with their worst values.
     """
-    require(model, profile, "check")
-    if rules is None:
-        selected = list(RULES)
-    else:
-        if isinstance(rules, str):
-            rules = [rules]
-        unknown = [r for r in rules if r not in RULES]
-        if unknown:
-            raise ValueError(f"unknown rules {unknown}; known rules: {sorted(RULES)}")
-        selected = list(rules)
-    sites = find_sites(model)
-    if not sites:
-        raise ValueError(f"check: {type(model).__name__} has no recurrent layer (a gates layer, SOENLayer, "
-                         "torch's GRU/LSTM or their cells, or a module declaring layout())")
-    ctx = CheckContext(profile, step(profile, dt), seed, spread, float(atol), sites, s_max, phi_th, max_fan_in,
-                       update_bias)
-    out: list[Violation] = []
-    for name in selected:
-        out.extend(RULES[name](ctx))
-    return out
+    found = rule_findings(model, profile, dt=dt, seed=seed, spread=spread, atol=atol, rules=rules, s_max=s_max,
+                          phi_th=phi_th, max_fan_in=max_fan_in, update_bias=update_bias)
+    return [f for findings in found.values() for f in findings if isinstance(f, Violation)]
 
 
-__all__ = ["CheckContext", "FAN_IN_LIMIT", "RULES", "SPREAD_SIGMAS", "Violation", "check"]
+__all__ = ["CheckContext", "FAN_IN_LIMIT", "Finding", "RULES", "SPREAD_SIGMAS", "Violation", "check", "rule_findings"]
