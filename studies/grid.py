@@ -362,7 +362,11 @@ def _summary_values(s: Mapping[str, Any], metric: str) -> dict[str, Any]:
 def results_table(sdir: str | os.PathLike) -> list[dict[str, Any]]:
     """One record per row: seeds aggregated by :func:`studies.stats.mean_ci` (``<column>`` the
     mean, ``<column>_ci95`` the half-width of its 95 % interval)."""
-    runs = collect(sdir)
+    return _table(collect(sdir))
+
+
+def _table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`results_table` of the runs :func:`collect` returned."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         rows.setdefault(r["run_id"].rsplit("-s", 1)[0], []).append(r)
@@ -415,7 +419,8 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``results.md`` and ``results.csv`` (atomically, under the study lock)."""
     sdir = Path(sdir)
     with study_lock(sdir):
-        table = results_table(sdir)
+        runs = collect(sdir)
+        table = _table(runs)
         info = read_study_file(sdir)
         csv_cols = list(dict.fromkeys(k for rec in table for k in rec))
         cols = [c for c in csv_cols if not c.endswith("_ci95")]
@@ -428,7 +433,7 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
         lines = [f"# {info.get('study')} — preset {info.get('preset')}", ""]
         if info.get("notes"):
             lines += [f"Preset: {info['notes']}", ""]
-        header = configuration_header([r["config"] for r in collect(sdir)], info.get("overrides") or ())
+        header = configuration_header([r["config"] for r in runs], info.get("overrides") or ())
         if header:
             lines += [header + " Cells are means over seeds ± the half-width of their 95 % confidence interval "
                       "(Student's t; none with one seed).", ""]
