@@ -1,6 +1,6 @@
 """Gating mechanisms and drop-in recurrent layers (GRU and LSTM cores).
 
-- :mod:`gates.mechanisms` — the registry :data:`GATES` (-, C, O, U, R, OM, UM, OR, UR, SST);
+- :mod:`gates.mechanisms` — the registry :data:`GATES` (-, C, O, U, R, OM, UM, OR, UR, SST, SSTN);
 - :mod:`gates.functional` — reference step/sequence functions (the ground truth);
 - :mod:`gates.layers` — :class:`GatedGRU`, :class:`GatedLSTM` (nn.GRU/nn.LSTM drop-ins that
   declare their :func:`soensim.layout`);

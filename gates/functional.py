@@ -10,8 +10,8 @@ stacked layout, rows split into named blocks by ``rows`` (``Mechanism.block_rows
 GRU core (torch.nn.GRU form: the reset gate multiplies ``W_hn h + b_hn``)::
 
     a_k = gi_k + gh_k                     for every block k except the candidate
-    r   = gate(a_reset)                   sigmoid (sigmoid² for SST)
-    n   = cand(gi_candidate + r * gh_candidate)
+    r   = gate(a_reset)                   sigmoid (sigmoid² for SST and SSTN)
+    n   = cand(gi_candidate + r * gh_candidate)   cand = tanh (tanh·|tanh| for SSTN)
     g, i = effective decay and input gate (see below); GRU: i = 1 - g unless master gates
     h'  = g * h + i * n
 

@@ -18,9 +18,11 @@ a :class:`Mechanism`; :func:`get_mechanism` binds it to a core (``"gru"``/``"lst
 ``UM``    as OM with sigmoid master gates initialised by UGI (b_mf = logit(u), b_mi = -b_mf)
 ``OR``    cumax main gate + refine gate, input tied to 1 - g; biases 0
 ``UR``    UGI main gate + refine gate, refine bias b_r = -b_f at init (Gu et al. app. A)
-``SST``   squared sigmoid-tanh: every [0, 1] gate is sigmoid(a)² and the
-          candidate is tanh(a)·|tanh(a)| (the tanh is squared, its sign kept);
-          the LSTM output nonlinearity stays h = o·tanh(c); b_f = +1
+``SST``   squared sigmoid-tanh: the gates are sigmoid(a)² (GRU reset and update;
+          LSTM input, forget and output), the candidate and the LSTM cell output
+          stay tanh; b_f = +1
+``SSTN``  SST with the candidate squared too: tanh(a)·|tanh(a)| (sign kept; slope
+          0 at a = 0, so the candidate gets almost no gradient near 0); b_f = +1
 ========  ==========================================================================
 
 Row blocks (torch order first, then extras; the layer's :func:`soensim.layout`):
@@ -40,14 +42,14 @@ Master gates (Gu et al. eq. 19-23): with main gates f, i (GRU: i = 1 - f) and ma
 gates f̃, ĩ (OM: cumax and 1 - cumax; UM: sigmoids), ω = f̃·ĩ, the effective gates are
 f̂ = f·ω + (f̃ - ω) and î = i·ω + (ĩ - ω).
 
-``leaky`` mechanisms (-, C, U, R, UR, SST) have a per-unit decay bias: with every other
+``leaky`` mechanisms (-, C, U, R, UR, SST, SSTN) have a per-unit decay bias: with every other
 pre-activation zero their effective decay gate is an elementwise function of it, so a
 physical time constant maps to a bias (:meth:`Mechanism.bias_for_tau`: a leaky mechanism is the
 ``decay`` of its layer's :func:`soensim.layout`). cumax mixes units and master gates share values
 across a chunk: those are not leaky.
 
 ``fused_mode`` names the kernel mode of a mechanism, the same on both cores: ``sigmoid`` (-, C, U),
-``refine`` (R, UR), ``sst`` (SST), ``cumax`` (O), ``cumax_refine`` (OR), ``master_cumax`` (OM),
+``refine`` (R, UR), ``sst`` (SST), ``sst_candidate`` (SSTN), ``cumax`` (O), ``cumax_refine`` (OR), ``master_cumax`` (OM),
 ``master_sigmoid`` (UM); a layer runs it fused when :mod:`gates.kernels` has it.
 
 Chrono T_max: Gu et al. §3 set T_max proportional to the hidden size when it is not
@@ -81,12 +83,12 @@ STANDARD_DECAY_BIAS = 1.0
 
 # --------------------------------------------------------------------------- activations
 def squared_sigmoid(x: Tensor) -> Tensor:
-    """SST gate activation sigmoid(x)², in (0, 1)."""
+    """SST/SSTN gate activation sigmoid(x)², in (0, 1)."""
     return torch.sigmoid(x).square()
 
 
 def signed_squared_tanh(x: Tensor) -> Tensor:
-    """SST candidate tanh(x)·|tanh(x)|: the tanh squared with its sign kept, in (-1, 1)."""
+    """SSTN candidate tanh(x)·|tanh(x)|: the tanh squared with its sign kept, in (-1, 1)."""
     t = torch.tanh(x)
     return t * t.abs()
 
@@ -157,8 +159,10 @@ class Mechanism:
 
     Attributes:
         name, description: registry key and one line.
-        activation: decay-gate activation: ``sigmoid``, ``cumax`` or ``sst`` (sigmoid²,
-            and also the other gates and the candidate change, see :func:`signed_squared_tanh`).
+        activation: decay-gate activation: ``sigmoid``, ``cumax`` or ``sst`` (sigmoid², and
+            sigmoid² in the other [0, 1] gates too, refine and master gates excepted).
+        candidate_activation: the candidate's activation: ``tanh`` or ``signed_squared_tanh``
+            (:func:`signed_squared_tanh`, SSTN).
         init: decay-gate bias initialiser, a key of :data:`BIAS_INITS`.
         refine: an auxiliary refine gate modulates the decay gate; input tied to 1 - g.
         master: auxiliary master gates, ``"cumax"`` (ON-LSTM) or ``"sigmoid"`` (UGI), or None.
@@ -171,6 +175,7 @@ class Mechanism:
     init: Literal["standard", "chrono", "ugi", "zero"]
     refine: bool = False
     master: Literal["cumax", "sigmoid"] | None = None
+    candidate_activation: Literal["tanh", "signed_squared_tanh"] = "tanh"
     core: Core = "gru"
 
     def for_core(self, core: Core) -> "Mechanism":
@@ -192,7 +197,8 @@ class Mechanism:
             return f"master_{self.master}"
         if self.refine:
             return "refine" if self.activation == "sigmoid" else f"{self.activation}_refine"
-        return self.activation
+        squared = self.candidate_activation == "signed_squared_tanh"
+        return f"{self.activation}_candidate" if squared else self.activation
 
     @property
     def decay_block(self) -> str:
@@ -244,12 +250,13 @@ class Mechanism:
         return squared_sigmoid(pre) if self.activation == "sst" else torch.sigmoid(pre)
 
     def plain_gate(self, pre: Tensor) -> Tensor:
-        """Activation of the other [0, 1] gates (reset, input, output, refine): sigmoid, or sigmoid² for SST."""
+        """Activation of the other [0, 1] gates (reset, LSTM input and output): sigmoid, or sigmoid² for SST/SSTN."""
         return squared_sigmoid(pre) if self.activation == "sst" else torch.sigmoid(pre)
 
     def candidate(self, pre: Tensor) -> Tensor:
-        """Candidate nonlinearity: tanh, or tanh·|tanh| for SST."""
-        return signed_squared_tanh(pre) if self.activation == "sst" else torch.tanh(pre)
+        """Candidate nonlinearity: tanh, or tanh·|tanh| for SSTN."""
+        squared = self.candidate_activation == "signed_squared_tanh"
+        return signed_squared_tanh(pre) if squared else torch.tanh(pre)
 
     # ---------------------------------------------------------------- physics mapping
     def _require_leaky(self) -> None:
@@ -262,7 +269,7 @@ class Mechanism:
     def bias_for_decay(self, z: Tensor | float) -> dict[str, Tensor]:
         """Biases that make the effective decay gate equal ``z`` when every other pre-activation is 0.
 
-        ``{decay_block: logit(z)}`` for sigmoid gates, ``{decay_block: logit(√z)}`` for SST
+        ``{decay_block: logit(z)}`` for sigmoid gates, ``{decay_block: logit(√z)}`` for SST/SSTN
         (sigmoid² = z), and for refine gates also ``{refine_block: 0}`` (r = 1/2 gives g = f).
         Float input gives float64. Raises ValueError for non-leaky mechanisms.
         """
@@ -275,7 +282,7 @@ class Mechanism:
 
     def bias_for_tau(self, tau: Tensor | float, dt: Tensor | float) -> dict[str, Tensor]:
         """:meth:`bias_for_decay` of ``z = exp(-dt/tau)`` (``tau``, ``dt`` in one time unit), float64,
-        computed without forming z: ``tau_to_bias(tau, dt)``; SST ``tau_to_bias(2 tau, dt)`` since
+        computed without forming z: ``tau_to_bias(tau, dt)``; SST/SSTN ``tau_to_bias(2 tau, dt)`` since
         √z = exp(-dt/(2 tau))."""
         self._require_leaky()
         tau = torch.as_tensor(tau, dtype=torch.float64).double()
@@ -355,7 +362,9 @@ GATES: dict[str, Mechanism] = {
            master="sigmoid"),
         _m("OR", "cumax main gate + refine gate", activation="cumax", init="zero", refine=True),
         _m("UR", "UGI main gate + refine gate (refine bias -b_f)", activation="sigmoid", init="ugi", refine=True),
-        _m("SST", "squared sigmoid-tanh gates", activation="sst", init="standard"),
+        _m("SST", "squared sigmoid-tanh: sigmoid^2 gates, tanh candidate", activation="sst", init="standard"),
+        _m("SSTN", "SST with the candidate squared too (tanh*|tanh|)", activation="sst", init="standard",
+           candidate_activation="signed_squared_tanh"),
     )
 }
 

@@ -35,8 +35,8 @@ continuous-time model makes the same assumption explicit:
 
 Time is in the unit of ``dt`` (seconds for hardware profiles, "steps" with ``dt = 1``
 for software models). Gate semantics follow the kernel modes of :data:`MODE_BLOCKS` —
-``"sigmoid"`` (torch.nn.GRU), ``"refine"`` (``g = 2pf + (1 - 2p)f²``) and ``"sst"``
-(squared sigmoid gates, candidate ``tanh·|tanh|``); weight rows are stacked in the
+``"sigmoid"`` (torch.nn.GRU), ``"refine"`` (``g = 2pf + (1 - 2p)f²``), ``"sst"``
+(squared sigmoid gates, tanh candidate) and ``"sst_candidate"`` (candidate ``tanh·|tanh|`` too); weight rows are stacked in the
 kernel order of the mode's blocks. :func:`soensim.transfer.to_continuous` builds the
 model from a trained layer.
 
@@ -65,6 +65,7 @@ MODE_BLOCKS: Mapping[str, tuple[str, ...]] = {
     "sigmoid": ("reset", "update", "candidate"),
     "refine": ("reset", "update", "candidate", "refine"),
     "sst": ("reset", "update", "candidate"),
+    "sst_candidate": ("reset", "update", "candidate"),
 }
 
 HOLDS = ("gates", "input")
@@ -84,12 +85,12 @@ def gru_gates(gi: Tensor, gh: Tensor, mode: str) -> tuple[Tensor, Tensor]:
     H = gh.shape[-1] // len(MODE_BLOCKS[mode])
     a_r = gi[..., :H] + gh[..., :H]
     a_z = gi[..., H:2 * H] + gh[..., H:2 * H]
-    sst = mode == "sst"
+    sst = mode in ("sst", "sst_candidate")
     r = torch.sigmoid(a_r)
     if sst:
         r = r * r
     tn = torch.tanh(gi[..., 2 * H:3 * H] + r * gh[..., 2 * H:3 * H])
-    n = tn * tn.abs() if sst else tn
+    n = tn * tn.abs() if mode == "sst_candidate" else tn
     log_f = F.logsigmoid(a_z)
     if mode == "sigmoid":
         log_g = log_f

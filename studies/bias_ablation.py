@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from gates import build_layer
 from soensim import HardwareProfile
 
-from . import cifar, data, grid, plots
+from . import ablation_pairs, cifar, data, grid, plots
 from .config import RunConfig
 from .errors import ConfigError, DataError
 from .models import build_model
@@ -313,7 +313,8 @@ def _load_cifar10_cached(root: str | None) -> tuple[np.ndarray, np.ndarray, np.n
 
 # --------------------------------------------------------------------------- report
 def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
-    """Figures of Malandain 2026 (Figs. 1–2) plus W_hz growth, gate histograms, spike counts."""
+    """Figures of Malandain 2026 (Figs. 1–2) plus W_hz growth, gate histograms, spike counts, and the
+    baseline/ablated pairs (``pairs.md``, the gap against the hardware limit: :mod:`studies.ablation_pairs`)."""
     sdir = Path(sdir)
     return {
         "test_accuracy": plots.curves(sdir, "test_acc", "test_accuracy.png", ylabel="test accuracy",
@@ -329,6 +330,7 @@ def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
         "gate_histograms": plots.gate_histograms(sdir),
         "loss_spikes": plots.bars(sdir, "spikes", "loss_spikes.png", ylabel="loss spikes",
                                   title="loss spikes (loss > k × running median)"),
+        **ablation_pairs.report(sdir),
     }
 
 

@@ -1,6 +1,9 @@
 """Study ``sst-lowdata``: SST gates vs the standard GRU across training-set sizes (the squared
 sigmoid-tanh gates of "Contrast-Enhanced Gating in GRUs for Robust Low-Data Sequence Learning").
 
+Two SST variants run beside the GRU: ``SST`` (the paper's: sigmoid² in the reset and update
+gates, tanh candidate) and ``SSTN`` (the candidate squared too, tanh·|tanh|, soensim 0.1's SST).
+
 Data: scikit-learn's handwritten digits (1,797 images of 8×8, 10 classes) read row by row
 as 64-step sequences of one value (pixel / 16, standardized with the training subset's mean
 and population standard deviation, :func:`studies.data.standardize`). A fixed stratified test set (``TEST_SIZE`` = 500) and validation set
@@ -9,7 +12,7 @@ subset of ``train_size // 10`` examples per class of the remaining pool, drawn w
 run's seed (so seeds differ in data as well as in initialization). Splits and subsets are
 :func:`studies.data.stratified_split`/``stratified_subset``.
 
-Rows: ``<gate>-n<size>`` for gate in (``-``, ``SST``) and each size. So that small sets are
+Rows: ``<gate>-n<size>`` for gate in (``-`` written ``GRU``, ``SST``, ``SSTN``) and each size. So that small sets are
 not also starved of optimizer steps, every row runs about ``steps`` optimizer steps:
 ``epochs = ceil(steps / ceil(size / batch))``.
 """
@@ -29,14 +32,16 @@ from .config import RunConfig
 from .errors import ConfigError
 from .files import write_text_atomic
 from .models import build_model
-from .stats import mean_std
+from .stats import mean_ci, welch_p
 from .taskdata import ArraySplit, TaskData
 
 NAME = "sst-lowdata"
-DESCRIPTION = "SST vs standard GRU across training-set sizes on sklearn digits (64-step sequences)"
+DESCRIPTION = "SST and SSTN vs standard GRU across training-set sizes on sklearn digits (64-step sequences)"
 TEST_SIZE = 500
 SPLIT_SEED = 0
-GATES = ("-", "SST")
+GATES = ("-", "SST", "SSTN")
+#: The row label of each gate, in table order.
+LABELS = {g: "GRU" if g == "-" else g for g in GATES}
 
 
 def _rows(sizes: Sequence[int], steps: int, batch: int) -> dict[str, dict[str, Any]]:
@@ -44,7 +49,7 @@ def _rows(sizes: Sequence[int], steps: int, batch: int) -> dict[str, dict[str, A
     for g in GATES:
         for n in sizes:
             epochs = math.ceil(steps / math.ceil(n / batch))
-            rows[f"{'GRU' if g == '-' else g}-n{n}"] = {"gate": g, "train_size": n, "epochs": epochs}
+            rows[f"{LABELS[g]}-n{n}"] = {"gate": g, "train_size": n, "epochs": epochs}
     return rows
 
 
@@ -61,9 +66,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "base": {**BASE, "hidden": 32, "log_every": 10, "gate_stats_size": 128, "threads": 1},
         "rows": _rows((30, 100, 300, 1000), steps=400, batch=32),
-        "seeds": 3,
+        "seeds": 5,
         "notes": ("quick: digits as 64-step sequences, GRU H=32 + linear head, AdamW lr 3e-3 cosine to 1e-5, "
-                  "~400 steps per run, batch 32, sizes 30/100/300/1000, 3 seeds; test 500, validation 200."),
+                  "~400 steps per run, batch 32, sizes 30/100/300/1000, 5 seeds; test 500, validation 200."),
     },
     "full": {
         "base": {**BASE, "hidden": 64, "log_every": 20},
@@ -108,43 +113,62 @@ def digits_task(cfg: RunConfig) -> TaskData:
 
 
 # --------------------------------------------------------------------------- report
-def accuracy_by_size(sdir: str | os.PathLike) -> dict[str, list[tuple[float, float, float]]]:
-    """gate → [(train size, mean test acc at best validation epoch, std over seeds)]."""
-    by: dict[tuple[str, int], list[float]] = {}
+def accuracies(sdir: str | os.PathLike) -> dict[str, dict[int, list[float]]]:
+    """row gate (``GRU``, ``SST``, ``SSTN``) → train size → the seeds' test accuracies at the best
+    validation epoch (finished runs only)."""
+    by: dict[str, dict[int, list[float]]] = {}
     for r in grid.collect(sdir):
         cfg, s = r["config"], r["summary"]
         if cfg is None or s is None or "test_acc" not in s.get("best", {}):
             continue
-        by.setdefault(("GRU" if cfg.gate == "-" else cfg.gate, cfg.train_size), []).append(s["best"]["test_acc"])
-    out: dict[str, list[tuple[float, float, float]]] = {}
-    for (gate, size), accs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        mean, std = mean_std(accs)
-        out.setdefault(gate, []).append((float(size), mean, std))
-    return out
+        by.setdefault(LABELS.get(cfg.gate, cfg.gate), {}).setdefault(cfg.train_size, []).append(s["best"]["test_acc"])
+    order = list(LABELS.values())
+    ranked = sorted(by.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    return {g: dict(sorted(sizes.items())) for g, sizes in ranked}
+
+
+def accuracy_by_size(sdir: str | os.PathLike) -> dict[str, list[tuple[float, float, float]]]:
+    """gate → [(train size, mean test acc at best validation epoch, 95 % CI half-width over seeds)]."""
+    return {g: [(float(n), *mean_ci(accs)) for n, accs in sizes.items()] for g, sizes in accuracies(sdir).items()}
+
+
+def table(sdir: str | os.PathLike) -> str:
+    """Markdown: per size, each gate's mean ± 95 % CI (n seeds), and Welch's p of each SST variant
+    against the GRU at that size."""
+    accs = accuracies(sdir)
+    gates = list(accs)
+    rivals = [g for g in gates if g != "GRU"] if "GRU" in accs else []
+    head = ["train size", *gates, *(f"p({g} vs GRU)" for g in rivals)]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for size in sorted({n for sizes in accs.values() for n in sizes}):
+        cells = []
+        for g in gates:
+            vals = accs[g].get(size)
+            if not vals:
+                cells.append("–")
+                continue
+            mean, half = mean_ci(vals)
+            cells.append(f"{mean:.4f} ± {half:.3f} ({len(vals)})" if math.isfinite(half) else f"{mean:.4f} ({len(vals)})")
+        for g in rivals:
+            p = welch_p(accs[g].get(size, []), accs["GRU"].get(size, []))
+            cells.append(f"{p:.3g}" if math.isfinite(p) else "–")
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
     sdir = Path(sdir)
-    points = accuracy_by_size(sdir)
-    lines = ["| train size | " + " | ".join(points) + " |", "|---|" + "---|" * len(points)]
-    sizes = sorted({p[0] for pts in points.values() for p in pts})
-    for size in sizes:
-        cells = []
-        for gate in points:
-            hit = [p for p in points[gate] if p[0] == size]
-            cells.append(f"{hit[0][1]:.4f} ± {hit[0][2]:.3f}" if hit else "–")
-        lines.append(f"| {int(size)} | " + " | ".join(cells) + " |")
-    table = sdir / "accuracy_by_size.md"
-    write_text_atomic(table, "# test accuracy at the best validation epoch (mean ± std over seeds)\n\n"
-                      + "\n".join(lines) + "\n")
+    path = sdir / "accuracy_by_size.md"
+    write_text_atomic(path, "# test accuracy at the best validation epoch (mean ± 95 % CI over seeds, seeds in "
+                      "parentheses; Welch's t-test p against the GRU)\n\n" + table(sdir))
     return {
-        "accuracy_vs_size": plots.xy_lines(points, sdir / plots.PLOTS_DIR / "accuracy_vs_size.png",
-                                           xlabel="training examples", ylabel="test accuracy",
-                                           title="SST vs GRU on digits (test acc. at best validation epoch)"),
-        "accuracy_table": table,
+        "accuracy_vs_size": plots.xy_lines(accuracy_by_size(sdir), sdir / plots.PLOTS_DIR / "accuracy_vs_size.png",
+                                           xlabel="training examples", ylabel="test accuracy (mean, 95 % CI)",
+                                           title="SST variants vs GRU on digits (test acc. at best validation epoch)"),
+        "accuracy_table": path,
         "gate_histograms": plots.gate_histograms(sdir),
     }
 
 
-__all__ = ["DESCRIPTION", "NAME", "PRESETS", "accuracy_by_size", "build", "digits_task", "notes",
-           "report", "row_names", "runs"]
+__all__ = ["DESCRIPTION", "NAME", "PRESETS", "accuracies", "accuracy_by_size", "build", "digits_task", "notes",
+           "report", "row_names", "runs", "table"]

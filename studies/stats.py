@@ -4,7 +4,7 @@ Over seeds (results tables, accuracy-by-size tables, transfer sweeps) the studie
 the mean and the *sample* standard deviation (divisor n − 1, the unbiased variance
 estimate; 0 for a single value), or the mean with the half-width of its 95 % confidence
 interval (Student's t, :func:`mean_ci`); two rows are compared by Welch's t-test
-(:func:`welch_p`, unequal variances). Missing values (None, NaN) are left out; infinite values
+(:func:`welch_p`, unequal variances; :func:`diff_ci` the interval of their difference). Missing values (None, NaN) are left out; infinite values
 are kept, so a diverged seed with an infinite metric makes the mean infinite instead of
 vanishing from the table.
 """
@@ -61,6 +61,25 @@ def welch_p(a: Iterable[Any], b: Iterable[Any]) -> float:
     return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
 
 
+def diff_ci(a: Iterable[Any], b: Iterable[Any], level: float = 0.95) -> tuple[float, float]:
+    """``(mean(a) − mean(b), half-width)`` of the Welch interval of a difference of means: t with
+    the Welch–Satterthwaite degrees of freedom times √(s_a²/n_a + s_b²/n_b). The half-width is
+    NaN with fewer than two finite values on either side or no variance on both."""
+    from scipy import stats
+
+    x, y = _values(a), _values(b)
+    if not x or not y:
+        return math.nan, math.nan
+    diff = statistics.fmean(x) - statistics.fmean(y)
+    if len(x) < 2 or len(y) < 2 or not all(map(math.isfinite, x + y)):
+        return diff, math.nan
+    vx, vy = statistics.variance(x) / len(x), statistics.variance(y) / len(y)
+    if vx + vy == 0:
+        return diff, math.nan
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    return diff, float(stats.t.ppf((1 + level) / 2, df)) * math.sqrt(vx + vy)
+
+
 def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], by: Sequence[str]) -> list[dict[str, Any]]:
     """One record per distinct ``by`` key (in order of first appearance) with
     ``<metric>_mean``, ``<metric>_std`` (:func:`mean_std`) for every metric and ``n``
@@ -78,4 +97,4 @@ def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], by: Seq
     return out
 
 
-__all__ = ["mean_ci", "mean_std", "summarize", "welch_p"]
+__all__ = ["diff_ci", "mean_ci", "mean_std", "summarize", "welch_p"]

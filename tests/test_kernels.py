@@ -20,8 +20,8 @@ import torch.nn.functional as F
 import gates.kernels as K
 from gates.kernels import cpu as kcpu
 
-MODES = ("sigmoid", "refine", "sst")
-GATES = {"sigmoid": 3, "refine": 4, "sst": 3}
+MODES = ("sigmoid", "refine", "sst", "sst_candidate")
+GATES = {"sigmoid": 3, "refine": 4, "sst": 3, "sst_candidate": 3}
 CPP_DISABLED = os.environ.get("SOENSIM_GRU_BACKEND", "").lower() == "generic"
 
 
@@ -49,13 +49,14 @@ def reference(gi, h0, w_hh, b_hh, mode):
         a = gi[t]
         s_r = torch.sigmoid(a[:, :H] + gh[:, :H])
         s_z = torch.sigmoid(a[:, H : 2 * H] + gh[:, H : 2 * H])
-        r = s_r**2 if mode == "sst" else s_r
+        squared_gates = mode in ("sst", "sst_candidate")
+        r = s_r**2 if squared_gates else s_r
         a_n = a[:, 2 * H : 3 * H] + r * gh[:, 2 * H : 3 * H]
-        n = torch.tanh(a_n) * torch.tanh(a_n).abs() if mode == "sst" else torch.tanh(a_n)
+        n = torch.tanh(a_n) * torch.tanh(a_n).abs() if mode == "sst_candidate" else torch.tanh(a_n)
         if mode == "refine":
             p = torch.sigmoid(a[:, 3 * H :] + gh[:, 3 * H :])
             z = 2 * p * s_z + (1 - 2 * p) * s_z**2
-        elif mode == "sst":
+        elif squared_gates:
             z = s_z**2
         else:
             z = s_z
@@ -93,7 +94,7 @@ def test_cpp_extension_builds():
 
 
 def test_api_surface():
-    assert K.available_modes()[:3] == MODES
+    assert K.available_modes()[:len(MODES)] == MODES
     assert K.backend_for("cpu", torch.bfloat16) == "generic"
     assert K.backend_for("cuda") == "generic"
     assert "generic" in K.available_backends()

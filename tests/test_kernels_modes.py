@@ -20,7 +20,7 @@ from gates.kernels import cpu as kcpu
 from gates.mechanisms import GATES, get_mechanism
 
 #: One mechanism per mode (the mode is ``Mechanism.fused_mode``).
-MECHANISM = {"sigmoid": "-", "refine": "R", "sst": "SST", "cumax": "O", "cumax_refine": "OR",
+MECHANISM = {"sigmoid": "-", "refine": "R", "sst": "SST", "sst_candidate": "SSTN", "cumax": "O", "cumax_refine": "OR",
              "master_cumax": "OM", "master_sigmoid": "UM"}
 MODES = tuple(MECHANISM)
 CORES = ("gru", "lstm")

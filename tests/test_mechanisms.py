@@ -27,15 +27,15 @@ from soensim.layouts import TORCH_BLOCKS, Decay
 from soensim.timescales import decay, tau_to_bias
 
 ALL = list(GATES)
-LEAKY = ["-", "C", "U", "R", "UR", "SST"]
+LEAKY = ["-", "C", "U", "R", "UR", "SST", "SSTN"]
 D = torch.float64
 
 
 # --------------------------------------------------------------------------- registry
 def test_registry_entries():
-    assert ALL == ["-", "C", "O", "U", "R", "OM", "UM", "OR", "UR", "SST"]
+    assert ALL == ["-", "C", "O", "U", "R", "OM", "UM", "OR", "UR", "SST", "SSTN"]
     assert [g for g in ALL if GATES[g].leaky] == LEAKY
-    want_mode = {"-": "sigmoid", "C": "sigmoid", "U": "sigmoid", "R": "refine", "UR": "refine", "SST": "sst",
+    want_mode = {"-": "sigmoid", "C": "sigmoid", "U": "sigmoid", "R": "refine", "UR": "refine", "SST": "sst", "SSTN": "sst_candidate",
                  "O": "cumax", "OM": "master_cumax", "UM": "master_sigmoid", "OR": "cumax_refine"}
     for g in ALL:
         m = GATES[g]
@@ -64,7 +64,7 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="no per-unit decay bias"):
         get_mechanism("O").bias_for_decay(0.5)
     for g in ("O", "OM", "UM", "OR"):
-        with pytest.raises(ValueError, match="leaky gates: -, C, U, R, UR, SST"):
+        with pytest.raises(ValueError, match="leaky gates: -, C, U, R, UR, SST, SSTN"):
             get_mechanism(g, "lstm").bias_for_tau(1.0, 0.1)
         with pytest.raises(ValueError, match="no per-unit decay bias"):
             get_mechanism(g).tau_for_bias(torch.zeros(3), 0.1)
@@ -99,10 +99,11 @@ def test_sst_activations():
     torch.testing.assert_close(y.abs(), torch.tanh(x) ** 2)
     assert torch.equal(torch.sign(y), torch.sign(x))  # the sign of tanh is kept
     assert (y > -1).all() and (y < 1).all() and torch.equal(y, -signed_squared_tanh(-x))
-    m = get_mechanism("SST", "lstm")
-    torch.testing.assert_close(m.gate(x), torch.sigmoid(x) ** 2)
-    torch.testing.assert_close(m.plain_gate(x), torch.sigmoid(x) ** 2)
-    torch.testing.assert_close(m.candidate(x), y)
+    for name, cand in (("SST", torch.tanh(x)), ("SSTN", y)):  # papers/000: only the gates are squared
+        m = get_mechanism(name, "lstm")
+        torch.testing.assert_close(m.gate(x), torch.sigmoid(x) ** 2)
+        torch.testing.assert_close(m.plain_gate(x), torch.sigmoid(x) ** 2)
+        torch.testing.assert_close(m.candidate(x), cand)
 
 
 # --------------------------------------------------------------------------- bias draws
@@ -213,7 +214,7 @@ def test_bias_for_decay_reproduces_z(gate, core):
     bt = m.bias_for_tau(taus, 1.0)
     for k in b:
         torch.testing.assert_close(bt[k], b[k], rtol=1e-9, atol=1e-9)
-    want = tau_to_bias(2 * taus, 1.0) if gate == "SST" else tau_to_bias(taus, 1.0)
+    want = tau_to_bias(2 * taus, 1.0) if gate in ("SST", "SSTN") else tau_to_bias(taus, 1.0)
     torch.testing.assert_close(bt[m.decay_block], want, rtol=0, atol=0)
     # tau_for_bias inverts it on the decay block, float64 whatever the bias dtype
     torch.testing.assert_close(m.tau_for_bias(bt[m.decay_block], 1.0), taus, rtol=1e-9, atol=0)
@@ -222,7 +223,7 @@ def test_bias_for_decay_reproduces_z(gate, core):
     torch.testing.assert_close(back, taus / 2, rtol=1e-5, atol=0)  # the same bias at half the step: τ/2
     assert all(v.dtype == D for v in m.bias_for_tau(taus.float(), 1.0).values())
     assert torch.equal(m.bias_for_decay(0.5)[m.decay_block],
-                       torch.logit(torch.tensor(math.sqrt(0.5) if gate == "SST" else 0.5, dtype=D)))
+                       torch.logit(torch.tensor(math.sqrt(0.5) if gate in ("SST", "SSTN") else 0.5, dtype=D)))
 
 
 # --------------------------------------------------------------------------- reference recurrences vs the equations
@@ -255,9 +256,9 @@ def test_lstm_step_equals_hand_written_equations(gate):
     x, h, c = (torch.randn(B, n, generator=g, dtype=D) for n in (I, H, H))
     L = {k: x @ _blk(rows, w_ih, k).T + _blk(rows, b_ih, k) + h @ _blk(rows, w_hh, k).T + _blk(rows, b_hh, k)
          for k in rows}
-    sq = gate == "SST"
+    sq = gate in ("SST", "SSTN")
     sig = (lambda a: torch.sigmoid(a) ** 2) if sq else torch.sigmoid
-    u = torch.tanh(L["cell"]) * torch.tanh(L["cell"]).abs() if sq else torch.tanh(L["cell"])
+    u = torch.tanh(L["cell"]) * torch.tanh(L["cell"]).abs() if gate == "SSTN" else torch.tanh(L["cell"])
     if gate in ("O", "OR"):
         f = torch.cumsum(torch.softmax(L["forget"], -1), -1)
     else:
@@ -297,11 +298,11 @@ def test_gru_step_equals_hand_written_equations(gate):
     x, h = torch.randn(B, I, generator=g, dtype=D), torch.randn(B, H, generator=g, dtype=D)
     gi = {k: x @ _blk(rows, w_ih, k).T + _blk(rows, b_ih, k) for k in rows}
     gh = {k: h @ _blk(rows, w_hh, k).T + _blk(rows, b_hh, k) for k in rows}
-    sq = gate == "SST"
+    sq = gate in ("SST", "SSTN")
     sig = (lambda a: torch.sigmoid(a) ** 2) if sq else torch.sigmoid
     r = sig(gi["reset"] + gh["reset"])
     a_n = gi["candidate"] + r * gh["candidate"]
-    n = torch.tanh(a_n) * torch.tanh(a_n).abs() if sq else torch.tanh(a_n)
+    n = torch.tanh(a_n) * torch.tanh(a_n).abs() if gate == "SSTN" else torch.tanh(a_n)
     a_z = gi["update"] + gh["update"]
     z = torch.cumsum(torch.softmax(a_z, -1), -1) if gate in ("O", "OR") else sig(a_z)
     if m.refine:

@@ -208,7 +208,7 @@ def test_gate_ablation_rows_cover_all_gates():
 
 def test_sst_lowdata_rows_and_step_budget():
     configs = sst_lowdata.runs("quick", seeds=1)
-    assert {c.gate for c in configs} == {"-", "SST"}
+    assert {c.gate for c in configs} == {"-", "SST", "SSTN"}
     for c in configs:
         steps = c.epochs * math.ceil(c.train_size / c.batch_size)
         assert 400 <= steps < 400 + math.ceil(c.train_size / c.batch_size)
@@ -284,3 +284,6 @@ def test_sst_lowdata_smoke(tmp_path):
     assert all(s["status"] == "finished" for s in out), out
     figs = sst_lowdata.report(tmp_path)
     assert figs["accuracy_vs_size"].exists() and figs["accuracy_table"].exists()
+    text = figs["accuracy_table"].read_text()
+    assert "| train size | GRU | SST | SSTN | p(SST vs GRU) | p(SSTN vs GRU) |" in text
+    assert "| 20 |" in text and "| 40 |" in text

@@ -13,7 +13,7 @@ from soensim.continuous_gru import ContinuousGRU, ContinuousLayer, gru_gates
 from soensim.layouts import gate_layout, layout, rnn_cells
 from soensim.transfer import layer_weights, max_abs_diff, to_continuous, transfer_model
 
-LEAKY_GATES = ["-", "C", "U", "R", "UR", "SST"]
+LEAKY_GATES = ["-", "C", "U", "R", "UR", "SST", "SSTN"]
 
 
 def perturbed(layer: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module:
@@ -78,7 +78,7 @@ def test_grucell_and_no_bias():
     assert max_abs_diff(gru(x)[0], to_continuous(gru).run(x)[0]) < 1e-10
 
 
-@pytest.mark.parametrize("gate", ["-", "UR", "SST"])
+@pytest.mark.parametrize("gate", ["-", "UR", "SST", "SSTN"])
 def test_dopri5_with_held_gates_matches_to_tolerance(gate):
     layer = gated(gate)
     x = x64(b=3, t=8)

@@ -307,7 +307,7 @@ def test_cuda_tf32_tolerance(core, mode):
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("mode", ["sigmoid", "sst", "cumax_refine", "master_cumax"])
+@pytest.mark.parametrize("mode", ["sigmoid", "sst", "sst_candidate", "cumax_refine", "master_cumax"])
 @pytest.mark.parametrize("core", CORES)
 def test_cuda_bfloat16_tolerance(core, mode):
     H, chunk = (176, 16) if mode.startswith("master") else (181, 1)

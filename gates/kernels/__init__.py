@@ -11,7 +11,7 @@ caller in one GEMM, e.g. with :func:`input_projection`)::
 
 with the effective decay gate g and input gate i of the ``mode``. The modes, their
 row blocks and activations are one table, :mod:`gates.kernels.modes` (``MODES``):
-``sigmoid``, ``refine``, ``sst``, ``cumax``, ``cumax_refine``, ``master_cumax``,
+``sigmoid``, ``refine``, ``sst``, ``sst_candidate``, ``cumax``, ``cumax_refine``, ``master_cumax``,
 ``master_sigmoid`` — the names ``Mechanism.fused_mode`` returns — on both cores
 (:func:`available_modes`). Master modes take the downsize factor C from the rows of
 ``w_hh`` (``rows = G*H + 2*H/C``) or from ``chunk``. The math equals

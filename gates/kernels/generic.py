@@ -42,13 +42,13 @@ def _plain_grad(s: Tensor, sq: bool) -> Tensor:
     return 2 * s * s * (1 - s) if sq else s * (1 - s)
 
 
-def _cand(t: Tensor, sq: bool) -> Tensor:
-    return t * t.abs() if sq else t
+def _cand(t: Tensor, squared: bool) -> Tensor:
+    return t * t.abs() if squared else t
 
 
-def _cand_grad(t: Tensor, sq: bool) -> Tensor:
+def _cand_grad(t: Tensor, squared: bool) -> Tensor:
     """d cand(a) / d a from t = tanh(a)."""
-    return 2 * t.abs() * (1 - t * t) if sq else 1 - t * t
+    return 2 * t.abs() * (1 - t * t) if squared else 1 - t * t
 
 
 def _cumax_grad(s: Tensor, dy: Tensor) -> Tensor:
@@ -204,6 +204,7 @@ class GenericImpl:
         H = h0.shape[1]
         C = H // M if M else 1
         sq = spec.activation == "sst"
+        sqc = spec.candidate == "signed_squared_tanh"
         sl = block_slices(spec, "gru", H, M)
         out = gi.new_empty((T, B, H))
         saved = gi.new_empty((T, B, R + H)) if save else gi.new_empty((0,))
@@ -217,7 +218,7 @@ class GenericImpl:
             tn = torch.tanh(torch.addcmul(gi[t][:, sl["candidate"]], _plain(s_r, sq), gh_n))
             base = _bases(spec, "gru", {k: a[:, s] for k, s in sl.items()})
             e = effective_gates(spec, "gru", base, C)
-            torch.addcmul(e["ie"] * _cand(tn, sq), e["ge"], h, out=out[t])
+            torch.addcmul(e["ie"] * _cand(tn, sqc), e["ge"], h, out=out[t])
             if save:
                 st = saved[t]
                 st[:, sl["reset"]].copy_(s_r)
@@ -233,6 +234,7 @@ class GenericImpl:
         R = w_hh.shape[0]
         C = H // M if M else 1
         sq = spec.activation == "sst"
+        sqc = spec.candidate == "signed_squared_tanh"
         sl = block_slices(spec, "gru", H, M)
         d_gi = out.new_empty((T, B, R))
         d_gh = out.new_empty((T, B, R))
@@ -247,8 +249,8 @@ class GenericImpl:
             s_r, tn, gh_n = sv[:, sl["reset"]], sv[:, sl["candidate"]], sv[:, sl["tail"]]
             base = _saved_bases(spec, "gru", sv, sl)
             e = effective_gates(spec, "gru", base, C)
-            grads = effective_gates_grad(spec, "gru", base, e, dh * hp, dh * _cand(tn, sq), C)
-            dan = dh * e["ie"] * _cand_grad(tn, sq)
+            grads = effective_gates_grad(spec, "gru", base, e, dh * hp, dh * _cand(tn, sqc), C)
+            dan = dh * e["ie"] * _cand_grad(tn, sqc)
             dgi_t = d_gi[t]
             dgi_t[:, sl["reset"]] = dan * gh_n * _plain_grad(s_r, sq)
             dgi_t[:, sl["candidate"]] = dan
@@ -270,6 +272,7 @@ class GenericImpl:
         H = h0.shape[1]
         C = H // M if M else 1
         sq = spec.activation == "sst"
+        sqc = spec.candidate == "signed_squared_tanh"
         sl = block_slices(spec, "lstm", H, M)
         out = gi.new_empty((T, B, H))
         saved = gi.new_empty((T, B, R + H)) if save else gi.new_empty((0,))
@@ -282,7 +285,7 @@ class GenericImpl:
             s_o = torch.sigmoid(a[:, sl["output"]])
             base = _bases(spec, "lstm", {k: a[:, s] for k, s in sl.items()})
             e = effective_gates(spec, "lstm", base, C)
-            c = torch.addcmul(e["ie"] * _cand(tg, sq), e["ge"], c)
+            c = torch.addcmul(e["ie"] * _cand(tg, sqc), e["ge"], c)
             torch.mul(_plain(s_o, sq), torch.tanh(c), out=out[t])
             if save:
                 st = saved[t]
@@ -299,6 +302,7 @@ class GenericImpl:
         R = w_hh.shape[0]
         C = H // M if M else 1
         sq = spec.activation == "sst"
+        sqc = spec.candidate == "signed_squared_tanh"
         sl = block_slices(spec, "lstm", H, M)
         d_gi = out.new_empty((T, B, R))
         dh = out.new_zeros((B, H))
@@ -316,10 +320,10 @@ class GenericImpl:
             dct = dc + dh * o * (1 - tc * tc)
             base = _saved_bases(spec, "lstm", sv, sl)
             e = effective_gates(spec, "lstm", base, C)
-            cand = _cand(tg, sq)
+            cand = _cand(tg, sqc)
             grads = effective_gates_grad(spec, "lstm", base, e, dct * cp, dct * cand, C)
             dgi_t = d_gi[t]
-            dgi_t[:, sl["cell"]] = dct * e["ie"] * _cand_grad(tg, sq)
+            dgi_t[:, sl["cell"]] = dct * e["ie"] * _cand_grad(tg, sqc)
             dgi_t[:, sl["output"]] = dh * tc * _plain_grad(s_o, sq)
             _store_grads(spec, "lstm", dgi_t, sl, grads)
             dc = dct * e["ge"]

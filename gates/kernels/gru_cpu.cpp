@@ -56,7 +56,8 @@ template <typename T, int ACT, bool REF, int MAS, bool SAVE>
 SOEN_INLINE void fwd_row(const T* __restrict gi, const T* __restrict gh,
                          const T* __restrict hp, T* __restrict hn, T* __restrict sv,
                          T* __restrict scr, int64_t H, int64_t M) {
-  constexpr bool SQ = ACT == kSst;
+  constexpr bool SQ = ACT == kSst || ACT == kSstCandidate;
+  constexpr bool SQC = ACT == kSstCandidate;
   const int64_t NB = REF ? 4 : 3, R = NB * H + 2 * M;
   const T* gir = gi;
   const T* giz = gi + H;
@@ -88,7 +89,7 @@ SOEN_INLINE void fwd_row(const T* __restrict gi, const T* __restrict gh,
     const T sr = act_sigmoid(gir[j] + ghr[j]);
     const T gn = ghn[j];
     const T tn = act_tanh(gin[j] + plain<T, SQ>(sr) * gn);
-    const T n = cand<T, SQ>(tn);
+    const T n = cand<T, SQC>(tn);
     T f;
     if constexpr (ACT == kCumax) {
       f = fb[j];
@@ -125,7 +126,8 @@ SOEN_INLINE void bwd_row(const T* __restrict dh, const T* __restrict hp,
                          T* __restrict dgi, T* __restrict dgh, T* __restrict dghn,
                          T* __restrict db, T* __restrict dnext, T* __restrict scr, int64_t H,
                          int64_t M) {
-  constexpr bool SQ = ACT == kSst;
+  constexpr bool SQ = ACT == kSst || ACT == kSstCandidate;
+  constexpr bool SQC = ACT == kSstCandidate;
   const int64_t NB = REF ? 4 : 3, R = NB * H + 2 * M;
   const T* s_r = sv;
   const T* s_z = sv + H;
@@ -148,7 +150,7 @@ SOEN_INLINE void bwd_row(const T* __restrict dh, const T* __restrict hp,
     const T gn = s_g[j];
     const T d = dh[j];
     const T r = plain<T, SQ>(sr);
-    const T n = cand<T, SQ>(tn);
+    const T n = cand<T, SQC>(tn);
     T f, df_da = T(0);
     if constexpr (ACT == kCumax) {
       f = fb[j];
@@ -178,7 +180,7 @@ SOEN_INLINE void bwd_row(const T* __restrict dh, const T* __restrict hp,
       dg = d * (hp[j] - n);
       gnext = g;
     }
-    const T dan = dn * cand_grad<T, SQ>(tn);
+    const T dan = dn * cand_grad<T, SQC>(tn);
     const T dar = dan * gn * plain_grad<T, SQ>(sr);
     const T dgn = dan * r;
     const T df = dg * dg_df;

@@ -53,7 +53,8 @@ template <typename T, int ACT, bool REF, int MAS, bool SAVE>
 SOEN_INLINE void fwd_row(const T* __restrict gi, const T* __restrict gh,
                          const T* __restrict cp, T* __restrict cn, T* __restrict hn,
                          T* __restrict sv, T* __restrict scr, int64_t H, int64_t M) {
-  constexpr bool SQ = ACT == kSst;
+  constexpr bool SQ = ACT == kSst || ACT == kSstCandidate;
+  constexpr bool SQC = ACT == kSstCandidate;
   constexpr bool CUMAX_IN = ACT == kCumax && !REF;  // input gate 1 - cumax(a_i)
   const int64_t R = 4 * H + 2 * M;
   const T* gii = gi;
@@ -116,7 +117,7 @@ SOEN_INLINE void fwd_row(const T* __restrict gi, const T* __restrict gh,
       i = i * w + (mix[j] - w);
     }
     const T tg = act_tanh(gic[j] + ghc[j]);
-    const T c = g * cp[j] + i * cand<T, SQ>(tg);
+    const T c = g * cp[j] + i * cand<T, SQC>(tg);
     const T so = act_sigmoid(gio[j] + gho[j]);
     hn[j] = plain<T, SQ>(so) * act_tanh(c);
     c_out[j] = c;
@@ -132,7 +133,8 @@ SOEN_INLINE void bwd_row(const T* __restrict dh, const T* __restrict dc,
                          const T* __restrict cp, const T* __restrict sv, T* __restrict dgi,
                          T* __restrict db, T* __restrict dcn, T* __restrict scr, int64_t H,
                          int64_t M) {
-  constexpr bool SQ = ACT == kSst;
+  constexpr bool SQ = ACT == kSst || ACT == kSstCandidate;
+  constexpr bool SQC = ACT == kSstCandidate;
   constexpr bool CUMAX_IN = ACT == kCumax && !REF;
   const int64_t R = 4 * H + 2 * M;
   const T* s_i = sv;
@@ -160,7 +162,7 @@ SOEN_INLINE void bwd_row(const T* __restrict dh, const T* __restrict dc,
     const T dao = d * tc * plain_grad<T, SQ>(so);
     const T dct = dc[j] + d * plain<T, SQ>(so) * (T(1) - tc * tc);
     const T tg = s_c[j];
-    const T cd = cand<T, SQ>(tg);
+    const T cd = cand<T, SQC>(tg);
     T f, df_da = T(0);
     if constexpr (ACT == kCumax) {
       f = fb[j];
@@ -192,7 +194,7 @@ SOEN_INLINE void bwd_row(const T* __restrict dh, const T* __restrict dc,
       dg *= w;
       di *= w;
     }
-    const T dac = dct * ie * cand_grad<T, SQ>(tg);
+    const T dac = dct * ie * cand_grad<T, SQC>(tg);
     if constexpr (REF) {
       dg -= di;  // i = 1 - g
       const T dap = dg * dg_dap;

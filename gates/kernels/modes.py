@@ -1,28 +1,30 @@
 """The kernel modes of the fused recurrences: one table for every backend (C++, generic, Triton).
 
-A mode is three flags — the activation of the decay gate, a refine gate, master gates — and
-the same flags hold on both cores. :data:`MODES` is the table; :meth:`KernelMode.blocks`,
+A mode is four flags — the activation of the [0, 1] gates, the candidate's activation, a
+refine gate, master gates — and the same flags hold on both cores. :data:`MODES` is the table; :meth:`KernelMode.blocks`,
 :meth:`KernelMode.rows` and :meth:`KernelMode.activations` say, per core, which row blocks
 ``gi``/``w_hh``/``b_hh`` hold (in the order of :meth:`gates.mechanisms.Mechanism.block_rows`)
 and which nonlinearity each block goes through. A mechanism names its mode with
 ``Mechanism.fused_mode``.
 
-=================  ==========  ======  ========  ==============================
-mode               activation  refine  master    mechanisms
-=================  ==========  ======  ========  ==============================
-``sigmoid``        sigmoid     no      —         ``-``, ``C``, ``U``
-``refine``         sigmoid     yes     —         ``R``, ``UR``
-``sst``            sst         no      —         ``SST``
-``cumax``          cumax       no      —         ``O``
-``cumax_refine``   cumax       yes     —         ``OR``
-``master_cumax``   sigmoid     no      cumax     ``OM``
-``master_sigmoid`` sigmoid     no      sigmoid   ``UM``
-=================  ==========  ======  ========  ==============================
+==================  ==========  ==================  ======  ========  ==============================
+mode                activation  candidate           refine  master    mechanisms
+==================  ==========  ==================  ======  ========  ==============================
+``sigmoid``         sigmoid     tanh                no      —         ``-``, ``C``, ``U``
+``refine``          sigmoid     tanh                yes     —         ``R``, ``UR``
+``sst``             sst         tanh                no      —         ``SST``
+``sst_candidate``   sst         tanh·|tanh|         no      —         ``SSTN``
+``cumax``           cumax       tanh                no      —         ``O``
+``cumax_refine``    cumax       tanh                yes     —         ``OR``
+``master_cumax``    sigmoid     tanh                no      cumax     ``OM``
+``master_sigmoid``  sigmoid     tanh                no      sigmoid   ``UM``
+==================  ==========  ==================  ======  ========  ==============================
 
 Step semantics, with ``a_k`` the pre-activation of block k (``gi_k + gh_k``, ``gh = h W_hh^T
-+ b_hh``) and P the plain gate (sigmoid; sigmoid² in mode ``sst``):
++ b_hh``) and P the plain gate (sigmoid; sigmoid² in the activation ``sst``, modes ``sst`` and
+``sst_candidate``):
 
-* decay gate f = sigmoid(a), sigmoid(a)² (``sst``) or cumax(a) = cumsum(softmax(a)) over the
+* decay gate f = sigmoid(a), sigmoid(a)² (``sst*``) or cumax(a) = cumsum(softmax(a)) over the
   H units (``cumax*``), on the GRU ``update`` / LSTM ``forget`` block;
 * input gate: GRU tied, i = 1 - g; LSTM ``input`` block: P(a), or 1 - cumax(a) in mode
   ``cumax``; with a refine gate the LSTM ``input`` block holds the refine gate instead
@@ -34,11 +36,18 @@ Step semantics, with ``a_k`` the pre-activation of block k (``gi_k + gh_k``, ``g
   ĩ = sigmoid(a_mi); ω = f̃ ĩ, effective g ← g ω + (f̃ - ω), i ← i ω + (ĩ - ω) (ibid. eq. 19-23);
 * GRU (torch.nn.GRU form): r = P(a_reset), n = cand(gi_n + r gh_n), h' = g h + i n;
   LSTM: c' = g c + i cand(a_cell), h' = P(a_output) tanh(c');
-* cand = tanh, or tanh·|tanh| in mode ``sst`` (the squared sigmoid-tanh of "Contrast-Enhanced
-  Gating in GRUs for Robust Low-Data Sequence Learning").
+* cand = tanh, or tanh·|tanh| in mode ``sst_candidate``. Mode ``sst`` is the squared sigmoid-tanh
+  of "Contrast-Enhanced Gating in GRUs for Robust Low-Data Sequence Learning": sigmoid² in the
+  gates (GRU reset and update; LSTM input, forget and output), candidate and cell output tanh.
+  ``sst_candidate`` also squares the candidate with its sign kept; tanh·|tanh| has slope 0 at 0,
+  so a candidate pre-activation near 0 passes almost no gradient.
 
 Activation names used by :meth:`KernelMode.activations`: ``sigmoid``, ``sigmoid_squared``,
 ``tanh``, ``signed_squared_tanh``, ``cumax``, ``one_minus_cumax``.
+
+The compiled kernels (C++, Triton) take the flags as three integers (:attr:`KernelMode.flags`); the
+candidate's activation is a bit of the activation code (:data:`SQUARED_CANDIDATE_BIT`), so every mode
+shares one op signature.
 
 Saved for backward (every backend the same): per step and batch row, one vector of
 ``rows + H`` values — in each block's columns the block's base activation (the sigmoid
@@ -58,6 +67,7 @@ __all__ = [
     "KernelMode",
     "MASTER_IDS",
     "MODES",
+    "SQUARED_CANDIDATE_BIT",
     "check_inputs",
     "master_units",
     "mode_spec",
@@ -66,6 +76,8 @@ __all__ = [
 CORES = ("gru", "lstm")
 #: Integer codes of the flags, as the compiled kernels take them.
 ACTIVATION_IDS: Mapping[str, int] = {"sigmoid": 0, "sst": 1, "cumax": 2}
+#: Or'ed into the activation code when the candidate is tanh·|tanh| (``sst_candidate``: 1 | 4 = 5).
+SQUARED_CANDIDATE_BIT = 4
 MASTER_IDS: Mapping[str | None, int] = {None: 0, "cumax": 1, "sigmoid": 2}
 
 _CORE_BLOCKS = {
@@ -76,18 +88,23 @@ _CORE_BLOCKS = {
 
 @dataclass(frozen=True)
 class KernelMode:
-    """A fused-recurrence mode: decay activation, refine gate, master gates (module docstring)."""
+    """A fused-recurrence mode: gate activation, candidate activation, refine gate, master gates
+    (module docstring)."""
 
     name: str
     activation: Literal["sigmoid", "sst", "cumax"]
+    candidate: Literal["tanh", "signed_squared_tanh"]
     refine: bool
     master: Literal["cumax", "sigmoid"] | None
     description: str
 
     @property
     def flags(self) -> tuple[int, bool, int]:
-        """``(activation id, refine, master id)`` for the compiled kernels (:data:`ACTIVATION_IDS`)."""
-        return ACTIVATION_IDS[self.activation], self.refine, MASTER_IDS[self.master]
+        """``(activation code, refine, master id)`` for the compiled kernels: the code is
+        :data:`ACTIVATION_IDS` ``[activation]``, plus :data:`SQUARED_CANDIDATE_BIT` for a tanh·|tanh|
+        candidate."""
+        bit = SQUARED_CANDIDATE_BIT if self.candidate == "signed_squared_tanh" else 0
+        return ACTIVATION_IDS[self.activation] | bit, self.refine, MASTER_IDS[self.master]
 
     def main_blocks(self, core: str) -> int:
         """Number of H-row blocks before the master blocks (GRU 3, or 4 with a refine gate; LSTM 4)."""
@@ -113,7 +130,7 @@ class KernelMode:
         """The nonlinearity of every block (names in the module docstring)."""
         plain = "sigmoid_squared" if self.activation == "sst" else "sigmoid"
         decay = {"sigmoid": "sigmoid", "sst": "sigmoid_squared", "cumax": "cumax"}[self.activation]
-        cand = "signed_squared_tanh" if self.activation == "sst" else "tanh"
+        cand = self.candidate
         if core == "gru":
             acts = {"reset": plain, "update": decay, "candidate": cand}
             if self.refine:
@@ -132,8 +149,8 @@ class KernelMode:
         return acts
 
 
-def _mode(name, activation, refine, master, description) -> KernelMode:
-    return KernelMode(name, activation, refine, master, description)
+def _mode(name, activation, refine, master, description, candidate="tanh") -> KernelMode:
+    return KernelMode(name, activation, candidate, refine, master, description)
 
 
 #: The modes, by name (the names ``Mechanism.fused_mode`` returns).
@@ -142,7 +159,9 @@ MODES: Mapping[str, KernelMode] = {
     for m in (
         _mode("sigmoid", "sigmoid", False, None, "sigmoid gates, tanh candidate (torch.nn.GRU / nn.LSTM)"),
         _mode("refine", "sigmoid", True, None, "refine gate: g = 2 p f + (1 - 2 p) f^2, input 1 - g"),
-        _mode("sst", "sst", False, None, "gates sigmoid^2, candidate tanh*|tanh|"),
+        _mode("sst", "sst", False, None, "gates sigmoid^2, candidate tanh (squared sigmoid-tanh)"),
+        _mode("sst_candidate", "sst", False, None, "gates sigmoid^2, candidate tanh*|tanh|",
+              candidate="signed_squared_tanh"),
         _mode("cumax", "cumax", False, None, "cumax decay gate (LSTM input 1 - cumax; GRU input 1 - f)"),
         _mode("cumax_refine", "cumax", True, None, "cumax decay gate + refine gate, input 1 - g"),
         _mode("master_cumax", "sigmoid", False, "cumax", "sigmoid main gates, cumax master gates (ON-LSTM)"),

@@ -1,7 +1,8 @@
 // Shared pieces of the fused CPU recurrences (gru_cpu.cpp, lstm_cpu.cpp, rnn_cpu.cpp).
 //
 // Mode flags (the table is gates/kernels/modes.py): decay-gate activation
-// (kSigmoid, kSst: sigmoid^2, kCumax: cumsum(softmax) over the units), a refine
+// (kSigmoid, kSst: sigmoid^2 gates, kSstCandidate: also a t |t| candidate, kCumax:
+// cumsum(softmax) over the units), a refine
 // gate, master gates (kMasterCumax, kMasterSigmoid) on M = H / C units.
 // The compiled mode combinations are listed once, in SOEN_MODES.
 //
@@ -38,6 +39,8 @@ namespace soen {
 constexpr int kSigmoid = 0;
 constexpr int kSst = 1;
 constexpr int kCumax = 2;
+// kSst with the candidate squared too (t |t|): the bit 4 of the activation code.
+constexpr int kSstCandidate = 5;
 constexpr int kNoMaster = 0;
 constexpr int kMasterCumax = 1;
 constexpr int kMasterSigmoid = 2;
@@ -47,6 +50,7 @@ constexpr int kMasterSigmoid = 2;
   X(kSigmoid, false, kNoMaster, sigmoid)       \
   X(kSigmoid, true, kNoMaster, refine)         \
   X(kSst, false, kNoMaster, sst)               \
+  X(kSstCandidate, false, kNoMaster, sst_candidate) \
   X(kCumax, false, kNoMaster, cumax)           \
   X(kCumax, true, kNoMaster, cumax_refine)     \
   X(kSigmoid, false, kMasterCumax, master_cumax) \
@@ -154,12 +158,12 @@ SOEN_INLINE double act_sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 SOEN_INLINE double act_tanh(double x) { return std::tanh(x); }
 SOEN_INLINE double act_exp_neg(double x) { return std::exp(x); }
 
-// P, the plain gate from its sigmoid value s (s^2 in sst), and dP/da.
+// P, the plain gate from its sigmoid value s (s^2 in sst*), and dP/da.
 template <typename T, bool SQ>
 SOEN_INLINE T plain(T s) { return SQ ? s * s : s; }
 template <typename T, bool SQ>
 SOEN_INLINE T plain_grad(T s) { return SQ ? T(2) * s * s * (T(1) - s) : s * (T(1) - s); }
-// The candidate from t = tanh(a) (t |t| in sst), and dcand/da.
+// The candidate from t = tanh(a) (t |t| in sst_candidate), and dcand/da.
 template <typename T, bool SQ>
 SOEN_INLINE T cand(T t) { return SQ ? t * std::fabs(t) : t; }
 template <typename T, bool SQ>

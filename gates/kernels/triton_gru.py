@@ -9,7 +9,7 @@
     g, i = master mix with f̃, ĩ (H/C units each, repeated C times) for the master modes
     h'  = g * h + i * n
 
-with gate = sigmoid (sigmoid² for sst) and cand = tanh (tanh·|tanh| for sst): the math of
+with gate = sigmoid (sigmoid² for sst) and cand = tanh (tanh·|tanh| for sst_candidate): the math of
 :func:`gates.functional.gru_sequence`. ``gi`` (T, B, R) or, with a model dimension, (M, T, B, R):
 M independent models of the same shape and mode in one launch (``h0`` (M, B, H), ``w_hh``
 (M, R, H), ``b_hh`` (M, R)). Returns ``(out, h_T)``: (T, B, H) and (B, H), or with M leading.
@@ -65,7 +65,8 @@ def _gru_forward(gi, h0, w, b, out, gh_save, lse_save, B, H, HM, R, T,
     pid_m = tl.program_id(1).to(tl.int64)
     offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
     row_ok = offs_b < B
-    SQ: tl.constexpr = ACT == 1
+    SQ: tl.constexpr = (ACT == 1) or (ACT == 5)
+    SQC: tl.constexpr = ACT == 5
     CUM: tl.constexpr = ACT == 2
     step = B * R
     BH = B * H
@@ -123,7 +124,7 @@ def _gru_forward(gi, h0, w, b, out, gh_save, lse_save, B, H, HM, R, T,
             gh_r = acc_r + row_bias(b_m, 0, offs_j, H)
             gh_n = acc_n + row_bias(b_m, 2 * H, offs_j, H)
             r, s_r = plain_gate(load_tile(gi_t, offs_b, row_ok, R, 0, offs_j, H) + gh_r, SQ)
-            n, t_n = candidate(load_tile(gi_t, offs_b, row_ok, R, 2 * H, offs_j, H) + r * gh_n, SQ)
+            n, t_n = candidate(load_tile(gi_t, offs_b, row_ok, R, 2 * H, offs_j, H) + r * gh_n, SQC)
             if SAVE:
                 store_tile(gh_t, offs_b, row_ok, R, 0, offs_j, H, gh_r)
                 store_tile(gh_t, offs_b, row_ok, R, 2 * H, offs_j, H, gh_n)
@@ -159,7 +160,8 @@ def _gru_backward(gi, h0, w, out, gh_save, lse_save, grad_out, grad_h, d_gi, d_g
     pid_m = tl.program_id(1).to(tl.int64)
     offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
     row_ok = offs_b < B
-    SQ: tl.constexpr = ACT == 1
+    SQ: tl.constexpr = (ACT == 1) or (ACT == 5)
+    SQC: tl.constexpr = ACT == 5
     CUM: tl.constexpr = ACT == 2
     step = B * R
     BH = B * H
@@ -214,7 +216,7 @@ def _gru_backward(gi, h0, w, out, gh_save, lse_save, grad_out, grad_h, d_gi, d_g
             gh_n = load_tile(gh_t, offs_b, row_ok, R, 2 * H, offs_j, H)
             r, s_r = plain_gate(load_tile(gi_t, offs_b, row_ok, R, 0, offs_j, H) +
                                 load_tile(gh_t, offs_b, row_ok, R, 0, offs_j, H), SQ)
-            n, t_n = candidate(load_tile(gi_t, offs_b, row_ok, R, 2 * H, offs_j, H) + r * gh_n, SQ)
+            n, t_n = candidate(load_tile(gi_t, offs_b, row_ok, R, 2 * H, offs_j, H) + r * gh_n, SQC)
             a_z = load_tile(gi_t, offs_b, row_ok, R, H, offs_j, H) + load_tile(gh_t, offs_b, row_ok, R, H, offs_j, H)
             if CUM:
                 f, p_z, carry = cumax_chunk(a_z, lse, carry, valid)
@@ -237,7 +239,7 @@ def _gru_backward(gi, h0, w, out, gh_save, lse_save, grad_out, grad_h, d_gi, d_g
             store_tile(dd_m, offs_b, row_ok, H, 0, offs_j, H, dh * g_eff)
             dg = dh * h_prev
             di = dh * n
-            da_n = candidate_grad(dh * i_eff, t_n, SQ)
+            da_n = candidate_grad(dh * i_eff, t_n, SQC)
             if MASTER != 0:
                 dg, di, dmf_x, dmi_x = master_mix_grad(dg, di, g, i, mf_x, mi_x)
                 dmf += tl.dot(dmf_x, tl.trans(E), input_precision="ieee")

@@ -9,7 +9,7 @@
     g, i = master mix with f̃, ĩ (H/C units each, repeated C times) for the master modes
     c'  = g * c + i * cand(a_cell);   h' = gate(a_output) * tanh(c')
 
-with gate = sigmoid (sigmoid² for sst) and cand = tanh (tanh·|tanh| for sst): the math of
+with gate = sigmoid (sigmoid² for sst) and cand = tanh (tanh·|tanh| for sst_candidate): the math of
 :func:`gates.functional.lstm_sequence`. Shapes as :func:`gates.kernels.triton_gru.triton_gru_recurrence`
 plus ``c0`` like ``h0``; returns ``(out, h_T, c_T)``. Differentiable in ``gi``, ``h0``, ``c0``,
 ``w_hh``, ``b_hh`` (first order).
@@ -65,7 +65,8 @@ def _lstm_forward(gi, h0, c0, w, b, out, gh_save, c_buf, lse_save, B, H, HM, R, 
     pid_m = tl.program_id(1).to(tl.int64)
     offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
     row_ok = offs_b < B
-    SQ: tl.constexpr = ACT == 1
+    SQ: tl.constexpr = (ACT == 1) or (ACT == 5)
+    SQC: tl.constexpr = ACT == 5
     CUM: tl.constexpr = ACT == 2  # cumax forget gate
     CUM_I: tl.constexpr = CUM and not REFINE  # and input gate 1 - cumax
     step = B * R
@@ -160,7 +161,7 @@ def _lstm_forward(gi, h0, c0, w, b, out, gh_save, c_buf, lse_save, B, H, HM, R, 
             if MASTER != 0:
                 E = expansion(offs_mm, offs_j, H // HM, HM, H)
                 g, i = master_mix(g, i, tl.dot(mf, E, input_precision="ieee"), tl.dot(mi, E, input_precision="ieee"))
-            cand, t_c = candidate(load_tile(gi_t, offs_b, row_ok, R, 2 * H, offs_j, H) + gh_g, SQ)
+            cand, t_c = candidate(load_tile(gi_t, offs_b, row_ok, R, 2 * H, offs_j, H) + gh_g, SQC)
             c_prev = load_tile(c_prev_src, offs_b, row_ok & (t > 0), H, 0, offs_j, H) + \
                 load_tile(c0_m, offs_b, row_ok & (t == 0), H, 0, offs_j, H)
             c = g * c_prev + i * cand
@@ -180,7 +181,8 @@ def _lstm_backward(gi, c0, w, c_buf, gh_save, lse_save, grad_out, grad_h, grad_c
     pid_m = tl.program_id(1).to(tl.int64)
     offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
     row_ok = offs_b < B
-    SQ: tl.constexpr = ACT == 1
+    SQ: tl.constexpr = (ACT == 1) or (ACT == 5)
+    SQC: tl.constexpr = ACT == 5
     CUM: tl.constexpr = ACT == 2
     CUM_I: tl.constexpr = CUM and not REFINE
     step = B * R
@@ -268,7 +270,7 @@ def _lstm_backward(gi, c0, w, c_buf, gh_save, lse_save, grad_out, grad_h, grad_c
                 mi_x = tl.dot(mi, E, input_precision="ieee")
                 g_eff, i_eff = master_mix(g, i, mf_x, mi_x)
             cand, t_c = candidate(load_tile(gi_t, offs_b, row_ok, R, 2 * H, offs_j, H) +
-                                  load_tile(gh_t, offs_b, row_ok, R, 2 * H, offs_j, H), SQ)
+                                  load_tile(gh_t, offs_b, row_ok, R, 2 * H, offs_j, H), SQC)
             o, s_o = plain_gate(load_tile(gi_t, offs_b, row_ok, R, 3 * H, offs_j, H) +
                                 load_tile(gh_t, offs_b, row_ok, R, 3 * H, offs_j, H), SQ)
             # h' = o tanh(c'),  c' = g c + i cand
@@ -278,7 +280,7 @@ def _lstm_backward(gi, c0, w, c_buf, gh_save, lse_save, grad_out, grad_h, grad_c
             store_tile(dc_out, offs_b, row_ok, H, 0, offs_j, H, dc * g_eff)
             dg = dc * c_prev
             di = dc * cand
-            da_c = candidate_grad(dc * i_eff, t_c, SQ)
+            da_c = candidate_grad(dc * i_eff, t_c, SQC)
             if MASTER != 0:
                 dg, di, dmf_x, dmi_x = master_mix_grad(dg, di, g, i, mf_x, mi_x)
                 dmf += tl.dot(dmf_x, tl.trans(E), input_precision="ieee")

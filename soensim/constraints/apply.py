@@ -356,7 +356,7 @@ def _plan_gate_biases(plan: _Plan, site: Site, profile: HardwareProfile, dt: flo
             raise ValueError(
                 f"{site.label}: gate mechanism {lay.mechanism!r} is not a leaky (sigmoid-family) decay — cumax/master "
                 "gates have no per-unit time constant, so fixed time constants cannot be imposed; use a "
-                "sigmoid-family variant ('-', 'C', 'U', 'R', 'UR', 'SST') or a profile with 'update_bias' trainable")
+                "sigmoid-family variant ('-', 'C', 'U', 'R', 'UR', 'SST', 'SSTN') or a profile with 'update_bias' trainable")
         if not cell.biases:
             raise ValueError(f"{site.label}: layer has no biases (bias=False); cannot fix its time constants")
     if fix_tau:
