@@ -2,10 +2,10 @@
 
 Examples::
 
-    python benchmarks/bench_gates.py                               # kernel level, both cores, both shapes
-    python benchmarks/bench_gates.py --cores lstm --threads 1 2 --repeats 7
+    python benchmarks/bench_gates.py --level layer --threads 1 2   # every gate, both cores, both shapes
+    python benchmarks/bench_gates.py --level layer --cores lstm --shapes small --repeats 2  # quick check
+    python benchmarks/bench_gates.py --level layer --gates - R UR SST --markdown runs/bench.md
     python benchmarks/bench_gates.py --shapes scifar176 --modes sigmoid master_cumax master_sigmoid
-    python benchmarks/bench_gates.py --level layer --gates - R UR SST
     python benchmarks/bench_gates.py --device cuda --json runs/bench.json
 
 Every contender does what a training step of one recurrent layer does: the input
@@ -13,7 +13,9 @@ projection ``x W_ih^T + b_ih`` (one GEMM, autograd), the recurrence, and a backw
 pass from ``out.sum() + h_T.sum()`` (``--loss last`` uses ``h_T`` only, as a
 classifier on the last state does). Timings are the median (and min) of ``--repeats``
 runs after ``--warmup`` runs; the contenders of one core and shape are interleaved
-round-robin so that each ratio compares runs taken under the same machine load.
+round-robin so that each ratio compares runs taken under the same machine load (the
+load average at the start of each case is recorded with it). A contender that fails
+(a mode the compiled kernels lack, say) is reported and dropped.
 "speedup" is median(torch module) / median(contender): above 1 means faster than
 nn.GRU / nn.LSTM; "÷ standard" is median(contender) / median(the core's standard:
 mode ``sigmoid`` or gate ``-``).
@@ -25,8 +27,11 @@ Levels:
           ``--plain-projection``). Master modes need ``--chunk`` (C) to divide H: at
           H = 181 (prime) they are skipped; shape ``scifar176`` times them.
   layer   ``gates.layers.GatedGRU`` / ``GatedLSTM(I, H, gate=g, batch_first=True)`` for
-          each gate name (chrono gets ``chrono_tmax=T``; gate names from
-          ``gates.mechanisms.GATES`` unless ``--gates``), the torch module batch_first too.
+          each gate name (chrono gets ``chrono_tmax=T``; default gates :data:`GATES`), the
+          torch module batch_first too. A master gate needs C (``--chunk``) to divide H;
+          where it does not (H = 181 is prime), the master gates run at the largest
+          multiple of C below H, next to a standard gate at that H ("gate - (H 176)"),
+          and their "÷ standard" is taken against that one.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ SHAPES: dict[str, dict[str, int]] = {
 }
 TORCH_MODULES = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
 STANDARD = {"kernel": "sigmoid", "layer": "gate -"}
+#: Layer level default: the standard gate, every variant of the gate-ablation study, and SSTN.
+GATES = ("-", "C", "U", "R", "UR", "SST", "SSTN", "O", "OR", "OM", "UM")
+MASTER_GATES = ("OM", "UM")
 
 
 @dataclass
@@ -70,6 +78,7 @@ class Result:
     speedup_vs_torch: float | None = None
     ratio_vs_standard: float | None = None
     note: str = ""
+    loadavg: tuple[float, float, float] | None = None
     samples_forward: list[float] = field(default_factory=list)
     samples_step: list[float] = field(default_factory=list)
 
@@ -153,14 +162,6 @@ def make_layer(core, shape, device, dtype, loss_kind, gate, implementation=None,
     return (fwd, step), path
 
 
-def _gate_names(requested):
-    if requested:
-        return list(requested)
-    from gates.mechanisms import GATES
-
-    return list(GATES)
-
-
 # --------------------------------------------------------------------- timing
 def _time(fn: Callable[[], object], device) -> float:
     _sync(device)
@@ -190,26 +191,51 @@ def _contenders(core, shape, args, device, dtype):
                     continue
                 notes[name] = f"backend={be}"
     else:
-        for gate in _gate_names(args.gates):
+        gates = list(args.gates or GATES)
+        reduced = shape
+        if shape["H"] % args.chunk and any(g in MASTER_GATES for g in gates):  # master gates need C | H
+            reduced = {**shape, "H": shape["H"] - shape["H"] % args.chunk}
+            gates.insert(gates.index(next(g for g in gates if g in MASTER_GATES)), "-@reduced")
+        for gate in gates:
+            at = reduced if gate in MASTER_GATES or gate == "-@reduced" else shape
+            name = f"gate {gate.split('@')[0]}" + (f" (H {at['H']})" if at is not shape else "")
             try:
-                contenders[f"gate {gate}"], notes[f"gate {gate}"] = make_layer(
-                    core, shape, device, dtype, args.loss, gate, args.implementation, args.chunk)
+                contenders[name], notes[name] = make_layer(
+                    core, at, device, dtype, args.loss, gate.split("@")[0], args.implementation, args.chunk)
             except Exception as exc:  # a gate this layer or shape does not support
                 print(f"# skipping {core} gate {gate!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
     return contenders, notes, torch_name
 
 
+def _standard_of(name: str, level: str) -> str:
+    """The contender ``name`` is compared with: the standard at the same backend / hidden size."""
+    standard = STANDARD[level]
+    if "[" in name:  # several backends
+        return f"{standard}[{name.split('[')[1]}"
+    if " (H " in name:
+        return f"{standard} ({name.split(' (')[1]}"
+    return standard
+
+
 def run_case(threads, shape_name, core, args, device, dtype) -> list[Result]:
     """Time every contender of one core at one shape, round-robin."""
     shape = SHAPES[shape_name]
+    load = os.getloadavg()
     contenders, notes, torch_name = _contenders(core, shape, args, device, dtype)
     fwd_t = {n: [] for n in contenders}
     step_t = {n: [] for n in contenders}
-    for i in range(args.warmup + args.repeats):
-        for name, (fwd, step) in contenders.items():
-            with torch.enable_grad():
-                tf = _time(fwd, device)
-                ts = _time(step, device)
+    for i in range(args.warmup + args.repeats):  # round 0 is untimed and finds failing contenders
+        for name, (fwd, step) in list(contenders.items()):
+            try:
+                with torch.enable_grad():
+                    tf = _time(fwd, device) if args.forward else float("nan")
+                    ts = _time(step, device)
+            except RuntimeError as exc:  # e.g. a kernel mode the compiled extension lacks
+                if i or name == torch_name:
+                    raise
+                print(f"# {core} {name}: dropped ({exc})", file=sys.stderr)
+                del contenders[name], fwd_t[name], step_t[name]
+                continue
             if i >= args.warmup:
                 fwd_t[name].append(tf)
                 step_t[name].append(ts)
@@ -217,19 +243,16 @@ def run_case(threads, shape_name, core, args, device, dtype) -> list[Result]:
             print(f"# {threads} threads, {shape_name}, {core}: round {i + 1}/{args.warmup + args.repeats}",
                   file=sys.stderr)
     base = statistics.median(step_t[torch_name])
-    standard = STANDARD[args.level]
     results = []
     for name in contenders:
         med = statistics.median(step_t[name])
-        ref = standard if name != torch_name else None
-        if ref is not None and "[" in name:  # several backends: compare with the same backend's standard
-            ref = f"{standard}[{name.split('[')[1]}"
+        ref = _standard_of(name, args.level) if name != torch_name else None
         results.append(Result(
             threads=threads, shape=shape_name, core=core, level=args.level, name=name,
             forward_s=statistics.median(fwd_t[name]), forward_min_s=min(fwd_t[name]),
             step_s=med, step_min_s=min(step_t[name]), speedup_vs_torch=base / med,
             ratio_vs_standard=med / statistics.median(step_t[ref]) if ref in step_t else None,
-            note=notes.get(name, ""), samples_forward=fwd_t[name], samples_step=step_t[name]))
+            note=notes.get(name, ""), loadavg=load, samples_forward=fwd_t[name], samples_step=step_t[name]))
     return results
 
 
@@ -238,26 +261,28 @@ def markdown(results: list[Result], header: str) -> str:
     lines = [
         header,
         "",
-        f"| threads | shape | core | contender | forward s (min) | fwd+bwd s (min) | speedup vs torch | "
-        f"time / {ref} | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| threads | shape | core | contender | forward s (min) | fwd+bwd s (min) | speed vs torch | "
+        f"time ÷ {ref} | path | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        sp = f"{r.speedup_vs_torch:.2f}x" if r.speedup_vs_torch else ""
+        sp = f"{r.speedup_vs_torch:.2f}×" if r.speedup_vs_torch else ""
         rs = f"{r.ratio_vs_standard:.2f}" if r.ratio_vs_standard else ""
+        fw = f"{r.forward_s:.3f} ({r.forward_min_s:.3f})" if r.forward_s == r.forward_s else ""
+        load = f"{r.loadavg[0]:.2f}" if r.loadavg else ""
         lines.append(
-            f"| {r.threads} | {r.shape} | {r.core} | {r.name} | {r.forward_s:.3f} ({r.forward_min_s:.3f}) | "
-            f"{r.step_s:.3f} ({r.step_min_s:.3f}) | {sp} | {rs} | {r.note} |"
+            f"| {r.threads} | {r.shape} | {r.core} | {r.name} | {fw} | "
+            f"{r.step_s:.3f} ({r.step_min_s:.3f}) | {sp} | {rs} | {r.note} | {load} |"
         )
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
+def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -276,7 +301,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="scifar: B=50 T=1024 H=181 I=1; scifar176: H=176; large: B=128 T=1024 H=512 I=1; small: smoke test",
     )
     p.add_argument("--repeats", type=int, default=5, help="timed runs per contender (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (includes the C++ build)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first, at least 1 (includes the C++ build)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--threads", type=int, nargs="+", default=None,
@@ -287,18 +312,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--backends", nargs="+", choices=["cpp", "generic"], default=None,
         help="kernel backends (default: the one backend_for(device) picks)",
     )
-    p.add_argument("--gates", nargs="+", default=None, help="layer level: gate names (default: all known)")
+    p.add_argument("--gates", nargs="+", default=None,
+                   help=f"layer level: gate names (default: {' '.join(GATES)}; any of gates.mechanisms.GATES)")
     p.add_argument("--implementation", default=None,
                    help="layer level: implementation=... of the layers (default: the layer's own default)")
     p.add_argument("--loss", choices=["full", "last"], default="full",
                    help="full: out.sum()+h_T.sum(); last: h_T.sum() only")
     p.add_argument("--plain-projection", action="store_true",
                    help="kernel level: F.linear for the input projection instead of the pooled one")
+    p.add_argument("--no-forward", dest="forward", action="store_false",
+                   help="time forward + backward only (halves the run time)")
     p.add_argument("--json", type=Path, default=None, help="also write results here (atomically)")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the table here (atomically)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
-    if args.repeats < 1:
-        p.error("--repeats must be >= 1")
+    if args.repeats < 1 or args.warmup < 1:
+        p.error("--repeats and --warmup must be >= 1")
     return args
 
 
@@ -320,7 +349,10 @@ def main(argv=None) -> int:
         f"repeats={args.repeats} loss={args.loss} (median of repeats, min in parentheses; load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())})"
     )
-    print(markdown(results, header))
+    table = markdown(results, header)
+    print(table)
+    if args.markdown:
+        write_atomic(args.markdown, table + "\n")
     if args.json:
         payload = {
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -330,7 +362,7 @@ def main(argv=None) -> int:
             "wall_s": time.perf_counter() - t0,
             "results": [asdict(r) for r in results],
         }
-        write_json_atomic(args.json, payload)
+        write_atomic(args.json, json.dumps(payload, indent=2))
     return 0
 
 
