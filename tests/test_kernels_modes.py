@@ -281,3 +281,30 @@ def test_cuda_generic_matches_reference(core, mode):
     assert K.backend_for("cuda") == "generic"
     compare(core, mode, None, torch.float64, tol=1e-12, device="cuda")
     compare(core, mode, None, torch.float32, tol=2e-5, T=40, B=4, H=16, seed=3, device="cuda")
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_model_dimension_equals_separate_runs(core):
+    """M models in one call (the Triton backend's model dimension) equal M separate calls, on the CPU."""
+    M, T, B, H = 3, 5, 2, 4
+    rows = (3 if core == "gru" else 4) * H
+    g = torch.Generator().manual_seed(7)
+    gi = torch.randn(M, T, B, rows, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (0.4 * torch.randn(M, rows, H, generator=g, dtype=torch.float64)).requires_grad_()
+    b = torch.randn(M, rows, generator=g, dtype=torch.float64, requires_grad=True)
+    states = [torch.randn(M, B, H, generator=g, dtype=torch.float64) for _ in range(1 if core == "gru" else 2)]
+    run = K.fused_gru_recurrence if core == "gru" else K.fused_lstm_recurrence
+    together = run(gi, *states, w, b, "refine" if core == "lstm" else "sst")
+    sum(t.sum() for t in together).backward()
+    grads = [t.grad.clone() for t in (gi, w, b)]
+    for t in (gi, w, b):
+        t.grad = None
+    for m in range(M):
+        alone = run(gi[m], *(s[m] for s in states), w[m], b[m], "refine" if core == "lstm" else "sst")
+        for x, y in zip(together, alone, strict=True):
+            torch.testing.assert_close(x[m], y, rtol=0, atol=1e-12)
+        sum(t.sum() for t in alone).backward()
+    for got, t in zip(grads, (gi, w, b), strict=True):
+        torch.testing.assert_close(got, t.grad, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="w_hh: with gi of 3 models"):
+        run(gi, *states, w[0], b, "sigmoid")

@@ -101,6 +101,16 @@ def _impl(backend: str | None, gi: torch.Tensor):
     return _cpu.CppImpl
 
 
+def _per_model(fn, gi, states, w_hh, b_hh, **kw):
+    """``fn`` on each of the M models of a 4-D ``gi`` (M, T, B, R), results stacked on a leading M."""
+    if w_hh.dim() != 3 or w_hh.shape[0] != gi.shape[0]:
+        raise ValueError(f"w_hh: with gi of {gi.shape[0]} models (M, T, B, rows) expected (M, rows, H) with "
+                         f"M = {gi.shape[0]}; got shape {tuple(w_hh.shape)}")
+    outs = [fn(gi[m], *(None if s is None else s[m] for s in states), w_hh[m], None if b_hh is None else b_hh[m], **kw)
+            for m in range(gi.shape[0])]
+    return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
+
+
 def _zeros_for_none(gi, state, w_hh, b_hh):
     """Zero initial states / recurrent bias for the ``None`` arguments (shapes from ``gi``, ``w_hh``)."""
     if isinstance(gi, torch.Tensor) and isinstance(w_hh, torch.Tensor) and gi.dim() == 3 and w_hh.dim() == 2:
@@ -132,9 +142,15 @@ def fused_gru_recurrence(
         chunk: master downsize factor C (master modes); None takes it from ``w_hh``'s rows.
         backend: None/"auto" (pick with :func:`backend_for`), "cpp" or "generic".
 
+    Models: ``gi`` (M, T, B, rows), states (M, B, H), ``w_hh`` (M, rows, H) and ``b_hh`` (M, rows)
+    run M independent models of one shape and mode (the Triton backend's model dimension); the
+    CPU backends run them one after another. The results gain the leading M.
+
     Returns:
         ``(out, h_T)``: all states (T, B, H) and the last one (B, H).
     """
+    if gi.dim() == 4:
+        return _per_model(fused_gru_recurrence, gi, (h0,), w_hh, b_hh, mode=mode, chunk=chunk, backend=backend)
     (h0,), b_hh = _zeros_for_none(gi, (h0,), w_hh, b_hh)
     _, _, _, M, spec = check_inputs("gru", gi, (h0,), w_hh, b_hh, mode, chunk)
     return run_gru(gi, h0, w_hh, b_hh, spec, M, _impl(backend, gi))
@@ -159,11 +175,13 @@ def fused_lstm_recurrence(
             the refine gate in the input block).
         h0, c0: (B, H) initial hidden and cell states, or None for zeros.
         w_hh: (rows, H) recurrent weights (torch.nn.LSTM layout); b_hh: (rows,) or None.
-        mode, chunk, backend: as :func:`fused_gru_recurrence`.
+        mode, chunk, backend: as :func:`fused_gru_recurrence` (and its model dimension M).
 
     Returns:
         ``(out, h_T, c_T)``: all hidden states (T, B, H), the last hidden and cell states (B, H).
     """
+    if gi.dim() == 4:
+        return _per_model(fused_lstm_recurrence, gi, (h0, c0), w_hh, b_hh, mode=mode, chunk=chunk, backend=backend)
     (h0, c0), b_hh = _zeros_for_none(gi, (h0, c0), w_hh, b_hh)
     _, _, _, M, spec = check_inputs("lstm", gi, (h0, c0), w_hh, b_hh, mode, chunk)
     return run_lstm(gi, h0, c0, w_hh, b_hh, spec, M, _impl(backend, gi))
