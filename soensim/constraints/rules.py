@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -372,23 +372,12 @@ def rule_findings(
     return {name: list(RULES[name](ctx)) for name in selected}
 
 
-def check(
-    model: nn.Module,
-    profile: HardwareProfile,
-    *,
-    dt: float | None = None,
-    seed: int = 0,
-    spread: bool = False,
-    atol: float = 1e-6,
-    rules: Sequence[str] | None = None,
-    s_max: float | Tensor | None = None,
-    phi_th: float | Tensor | None = None,
-    max_fan_in: int | None = None,
-    update_bias: Tensor | float | None = None,
-) -> list[Violation]:
+def check(model: nn.Module, profile: HardwareProfile, **options: Any) -> list[Violation]:
     """Check ``model`` against ``profile``; returns the violations (empty when it complies).
 
-    Works on constrained and unconstrained models (it reads effective values).
+    Works on constrained and unconstrained models (it reads effective values). Keyword
+    options: ``dt`` (s; default the profile's), ``seed`` (0), ``spread`` (False), ``atol``
+    (1e-6), ``rules``, ``s_max``, ``phi_th``, ``max_fan_in``, ``update_bias``.
     ``seed``/``spread``/``dt`` must match the :func:`constrain` call for the
     ``frozen_time_constant`` rule. ``s_max``/``phi_th`` enable the
     ``excitatory_flux_window`` rule on GRU/LSTM recurrent weights (SOEN-core layers carry
@@ -398,8 +387,7 @@ def check(
     ``rules`` selects rule names from :data:`RULES` (default: all). :func:`rule_findings`
     also gives the rules that hold, with their worst values.
     """
-    found = rule_findings(model, profile, dt=dt, seed=seed, spread=spread, atol=atol, rules=rules, s_max=s_max,
-                          phi_th=phi_th, max_fan_in=max_fan_in, update_bias=update_bias)
+    found = rule_findings(model, profile, **options)
     return [f for findings in found.values() for f in findings if isinstance(f, Violation)]
 
 
