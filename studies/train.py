@@ -411,8 +411,9 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = True,
         if state == "new":
             rd.start_fresh(cfg)  # the config is on disk even if building fails
         with torch_threads(cfg.threads):
+            study = get_study(cfg.study)  # imported before seeding: a first import may draw random numbers
             torch.manual_seed(cfg.seed)
-            model, data = get_study(cfg.study).build(cfg)
+            model, data = study.build(cfg)
             if nonfinite_parameters(model.parameters()):
                 raise ConfigError(f"{cfg.run_id}: the model built for this configuration has non-finite (NaN or "
                                   "infinite) parameters; check the hardware settings (profile, coupling_max, hw_dt)")

@@ -103,3 +103,20 @@ def test_ray_launcher(tmp_path):
     out = grid.run_grid(configs, sdir, launcher="ray", workers=2, study="scifar-bias")
     assert [s["status"] for s in out] == ["finished", "finished"]
     assert json.loads((sdir / "study.json").read_text())["runs"] == ["baseline-s0", "baseline-s1"]
+
+
+def test_a_run_in_a_fresh_process_starts_from_the_same_weights(tmp_path):
+    """A spawned worker imports the study module inside run(); the import must not shift the seeded
+    initialisation (it did: the first run of every process-launcher worker started from other weights)."""
+    import subprocess
+    import sys
+
+    cfg = scifar_runs("smoke", rows=["ablated"], overrides=["epochs=1", "max_steps=1"])[0]
+    here = run(cfg, tmp_path / "here", resume=False)
+    code = ("import json, sys; from studies.grid import _run_entry; from studies.config import RunConfig; "
+            "_run_entry(json.loads(sys.argv[1]), sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, json.dumps(cfg.to_dict()), str(tmp_path / "fresh")], check=True)
+    first = [read_jsonl(tmp_path / d / "epochs.jsonl")[0] for d in ("here", "fresh")]
+    assert here["status"] == "finished"
+    for key in ("val_loss", "w_iz_norm", "w_hz_norm"):
+        assert first[0][key] == first[1][key], key
