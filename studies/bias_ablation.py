@@ -88,6 +88,8 @@ BUDGETS: tuple[float | None, ...] = (None, 8.0, 2.0, HardwareProfile.preset(HW).
 #: would put τ_min below the 0.4 ns step of a 16×16 image).
 TAU_SCALES = (0.1, 10.0)
 TAU_SWEEP_BUDGET = 2.0
+#: Configuration fields the results header states (images: no sequence length or train_size).
+HEADER_FIELDS = tuple(f for f in grid.HEADER_FIELDS if f not in ("seq_len", "train_size"))
 
 
 def budget_profile(budget: float | None, tau_scale: float = 1.0) -> dict[str, Any]:

@@ -39,6 +39,10 @@ from .taskdata import ArraySplit, StreamSplit, TaskData
 NAME = "gate-ablation"
 DESCRIPTION = "copy and adding tasks across gate mechanisms (Gu et al. 2020, arXiv:1910.09890, Figs. 3-4)"
 GATES = ("-", "C", "O", "U", "R", "OM", "UM", "OR", "UR", "SST")
+#: Configuration fields the results header states (synthetic tasks: no image or split fields).
+HEADER_FIELDS = (*(f for f in grid.HEADER_FIELDS
+                   if f not in ("image_size", "channels", "train_subset", "val_size", "test_subset", "train_size",
+                                "hw_dt")), "steps_per_epoch", "eval_size")
 VAL_SEED, TEST_SEED = 10_001, 10_002
 
 

@@ -320,14 +320,16 @@ HEADER_FIELDS = ("task", "image_size", "channels", "train_subset", "val_size", "
                  "reset_bias_init", "hw_dt")
 
 
-def configuration_header(configs: Sequence[RunConfig | None], overrides: Sequence[str] = ()) -> str:
-    """One paragraph stating what ran: the :data:`HEADER_FIELDS` all runs share, those that
-    differ between rows (they are columns or named rows), the seeds, and the ``--set`` overrides."""
+def configuration_header(configs: Sequence[RunConfig | None], overrides: Sequence[str] = (),
+                         fields: Sequence[str] = HEADER_FIELDS) -> str:
+    """One paragraph stating what ran: the ``fields`` (a study's ``HEADER_FIELDS``, default
+    :data:`HEADER_FIELDS`) all runs share, those that differ between rows (they are columns or
+    named rows), the seeds, and the ``--set`` overrides."""
     cfgs = [c for c in configs if c is not None]
     if not cfgs:
         return ""
     shared, varying = [], []
-    for name in HEADER_FIELDS:
+    for name in fields:
         values = {json.dumps(getattr(c, name)) for c in cfgs}
         if len(values) == 1:
             v = getattr(cfgs[0], name)
@@ -415,6 +417,13 @@ def markdown_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _header_fields(study: str | None) -> Sequence[str]:
+    """The configuration fields a registered study's runs use (its ``HEADER_FIELDS``), else all."""
+    from .registry import STUDIES, get_study
+
+    return getattr(get_study(study), "HEADER_FIELDS", HEADER_FIELDS) if study in STUDIES else HEADER_FIELDS
+
+
 def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``results.md`` and ``results.csv`` (atomically, under the study lock)."""
     sdir = Path(sdir)
@@ -433,7 +442,8 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
         lines = [f"# {info.get('study')} — preset {info.get('preset')}", ""]
         if info.get("notes"):
             lines += [f"Preset: {info['notes']}", ""]
-        header = configuration_header([r["config"] for r in runs], info.get("overrides") or ())
+        header = configuration_header([r["config"] for r in runs], info.get("overrides") or (),
+                                      _header_fields(info.get("study")))
         if header:
             lines += [header + " Cells are means over seeds ± the half-width of their 95 % confidence interval "
                       "(Student's t; none with one seed).", ""]

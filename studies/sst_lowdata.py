@@ -42,6 +42,9 @@ SPLIT_SEED = 0
 GATES = ("-", "SST", "SSTN")
 #: The row label of each gate, in table order.
 LABELS = {g: "GRU" if g == "-" else g for g in GATES}
+#: Configuration fields the results header states (digits: no image or hardware fields).
+HEADER_FIELDS = tuple(f for f in grid.HEADER_FIELDS
+                      if f not in ("image_size", "channels", "train_subset", "test_subset", "seq_len", "hw_dt"))
 
 
 def _rows(sizes: Sequence[int], steps: int, batch: int) -> dict[str, dict[str, Any]]:
