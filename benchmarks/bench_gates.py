@@ -192,16 +192,16 @@ def _contenders(core, shape, args, device, dtype):
                 notes[name] = f"backend={be}"
     else:
         gates = list(args.gates or GATES)
-        reduced = shape
-        if shape["H"] % args.chunk and any(g in MASTER_GATES for g in gates):  # master gates need C | H
-            reduced = {**shape, "H": shape["H"] - shape["H"] % args.chunk}
-            gates.insert(gates.index(next(g for g in gates if g in MASTER_GATES)), "-@reduced")
-        for gate in gates:
-            at = reduced if gate in MASTER_GATES or gate == "-@reduced" else shape
-            name = f"gate {gate.split('@')[0]}" + (f" (H {at['H']})" if at is not shape else "")
+        masters = [g for g in gates if g in MASTER_GATES]
+        plan = [(g, shape) for g in gates if g not in MASTER_GATES]
+        if masters:  # master gates need C | H: at the largest such H, next to the standard gate there
+            at = {**shape, "H": shape["H"] - shape["H"] % args.chunk}
+            plan += ([] if at["H"] == shape["H"] else [("-", at)]) + [(g, at) for g in masters]
+        for gate, at in plan:
+            name = f"gate {gate}" + (f" (H {at['H']})" if at["H"] != shape["H"] else "")
             try:
                 contenders[name], notes[name] = make_layer(
-                    core, at, device, dtype, args.loss, gate.split("@")[0], args.implementation, args.chunk)
+                    core, at, device, dtype, args.loss, gate, args.implementation, args.chunk)
             except Exception as exc:  # a gate this layer or shape does not support
                 print(f"# skipping {core} gate {gate!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
     return contenders, notes, torch_name

@@ -197,8 +197,12 @@ class Mechanism:
             return f"master_{self.master}"
         if self.refine:
             return "refine" if self.activation == "sigmoid" else f"{self.activation}_refine"
-        squared = self.candidate_activation == "signed_squared_tanh"
-        return f"{self.activation}_candidate" if squared else self.activation
+        return f"{self.activation}_candidate" if self.squared_candidate else self.activation
+
+    @property
+    def squared_candidate(self) -> bool:
+        """The candidate is tanh·|tanh| (SSTN)."""
+        return self.candidate_activation == "signed_squared_tanh"
 
     @property
     def decay_block(self) -> str:
@@ -255,8 +259,7 @@ class Mechanism:
 
     def candidate(self, pre: Tensor) -> Tensor:
         """Candidate nonlinearity: tanh, or tanh·|tanh| for SSTN."""
-        squared = self.candidate_activation == "signed_squared_tanh"
-        return signed_squared_tanh(pre) if squared else torch.tanh(pre)
+        return signed_squared_tanh(pre) if self.squared_candidate else torch.tanh(pre)
 
     # ---------------------------------------------------------------- physics mapping
     def _require_leaky(self) -> None:

@@ -31,8 +31,7 @@ def row_values(sdir: str | os.PathLike) -> tuple[dict[str, list[float]], dict[st
         cfg, s = r["config"], r["summary"]
         if cfg is None or s is None or s.get("status") != "finished":
             continue
-        metric = s.get("metric", "acc")
-        v = s.get("final", {}).get(f"test_{metric}")
+        v = grid.summary_values(s, s.get("metric", "acc"))["final_test"]
         if isinstance(v, (int, float)) and math.isfinite(v):
             values.setdefault(cfg.row, []).append(float(v))
             configs.setdefault(cfg.row, cfg)

@@ -350,7 +350,7 @@ SUMMARY_COLUMNS = ("final_test", "best_val", "test_at_best_val", "final_train_lo
                    "nonfinite", "rollbacks", "elapsed_s")
 
 
-def _summary_values(s: Mapping[str, Any], metric: str) -> dict[str, Any]:
+def summary_values(s: Mapping[str, Any], metric: str) -> dict[str, Any]:
     """:data:`SUMMARY_COLUMNS` of one run's summary (the row's metric: acc or mse)."""
     final, best = s.get("final", {}), s.get("best", {})
     return {"final_test": final.get(f"test_{metric}", math.nan), "best_val": best.get(f"val_{metric}", math.nan),
@@ -383,7 +383,7 @@ def _table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             rec.update({"gate": cfg.gate, "bias": cfg.bias_mode if cfg.profile is None else f"hw:{cfg.hw_bias}",
                         "profile": cfg.profile_name or "software", **_hardware_columns(cfg)})
         rec["metric"] = metric
-        per_seed = [_summary_values(s, metric) for s in sums]
+        per_seed = [summary_values(s, metric) for s in sums]
         for label in SUMMARY_COLUMNS:
             rec[label], rec[label + "_ci95"] = mean_ci([v[label] for v in per_seed])
         rec["params"] = sums[0]["params"] if sums else None
@@ -458,5 +458,5 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
 
 __all__ = ["ENVIRONMENT_ERRORS", "ERROR_FILE", "LAUNCHERS", "check_unique", "collect", "format_value", "get_launcher",
            "is_finished", "load_summaries", "make_grid", "markdown_cell", "preset_functions", "preset_grid",
-           "read_study_file", "results_table", "run_dir", "run_grid", "study_dir", "study_lock",
+           "read_study_file", "results_table", "run_dir", "run_grid", "study_dir", "study_lock", "summary_values",
            "write_study_file"]

@@ -132,13 +132,16 @@ def accuracies(sdir: str | os.PathLike) -> dict[str, dict[int, list[float]]]:
 
 def accuracy_by_size(sdir: str | os.PathLike) -> dict[str, list[tuple[float, float, float]]]:
     """gate → [(train size, mean test acc at best validation epoch, 95 % CI half-width over seeds)]."""
-    return {g: [(float(n), *mean_ci(accs)) for n, accs in sizes.items()] for g, sizes in accuracies(sdir).items()}
+    return _points(accuracies(sdir))
 
 
-def table(sdir: str | os.PathLike) -> str:
-    """Markdown: per size, each gate's mean ± 95 % CI (n seeds), and Welch's p of each SST variant
-    against the GRU at that size."""
-    accs = accuracies(sdir)
+def _points(accs: dict[str, dict[int, list[float]]]) -> dict[str, list[tuple[float, float, float]]]:
+    return {g: [(float(n), *mean_ci(vals)) for n, vals in sizes.items()] for g, sizes in accs.items()}
+
+
+def table(accs: dict[str, dict[int, list[float]]]) -> str:
+    """Markdown of :func:`accuracies`' result: per size, each gate's mean ± 95 % CI (n seeds), and
+    Welch's p of each SST variant against the GRU at that size."""
     gates = list(accs)
     rivals = [g for g in gates if g != "GRU"] if "GRU" in accs else []
     head = ["train size", *gates, *(f"p({g} vs GRU)" for g in rivals)]
@@ -161,11 +164,12 @@ def table(sdir: str | os.PathLike) -> str:
 
 def report(sdir: str | os.PathLike) -> dict[str, Path | None]:
     sdir = Path(sdir)
+    accs = accuracies(sdir)
     path = sdir / "accuracy_by_size.md"
     write_text_atomic(path, "# test accuracy at the best validation epoch (mean ± 95 % CI over seeds, seeds in "
-                      "parentheses; Welch's t-test p against the GRU)\n\n" + table(sdir))
+                      "parentheses; Welch's t-test p against the GRU)\n\n" + table(accs))
     return {
-        "accuracy_vs_size": plots.xy_lines(accuracy_by_size(sdir), sdir / plots.PLOTS_DIR / "accuracy_vs_size.png",
+        "accuracy_vs_size": plots.xy_lines(_points(accs), sdir / plots.PLOTS_DIR / "accuracy_vs_size.png",
                                            xlabel="training examples", ylabel="test accuracy (mean, 95 % CI)",
                                            title="SST variants vs GRU on digits (test acc. at best validation epoch)"),
         "accuracy_table": path,

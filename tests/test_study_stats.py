@@ -46,7 +46,7 @@ def test_pairs_of_a_study(tmp_path):
         assert p["baseline"][:2] == pytest.approx(mean_ci(base), nan_ok=True) and p["baseline"][2] == 2
         assert p["gap"][0] == pytest.approx(np.mean(base) - np.mean(abl))
         assert p["p"] == pytest.approx(welch_p(base, abl), nan_ok=True)
-    header = (sdir / "results.md").read_text() if (sdir / "results.md").exists() else grid.write_results(sdir)[0].read_text()
+    header = grid.write_results(sdir)[0].read_text()
     assert "image_size=4" in header and "seq_len" not in header  # the header states the fields images use
     out = ablation_pairs.report(sdir)
     text = out["pairs_table"].read_text()

@@ -204,7 +204,7 @@ class GenericImpl:
         H = h0.shape[1]
         C = H // M if M else 1
         sq = spec.activation == "sst"
-        sqc = spec.candidate == "signed_squared_tanh"
+        sqc = spec.squared_candidate
         sl = block_slices(spec, "gru", H, M)
         out = gi.new_empty((T, B, H))
         saved = gi.new_empty((T, B, R + H)) if save else gi.new_empty((0,))
@@ -234,7 +234,7 @@ class GenericImpl:
         R = w_hh.shape[0]
         C = H // M if M else 1
         sq = spec.activation == "sst"
-        sqc = spec.candidate == "signed_squared_tanh"
+        sqc = spec.squared_candidate
         sl = block_slices(spec, "gru", H, M)
         d_gi = out.new_empty((T, B, R))
         d_gh = out.new_empty((T, B, R))
@@ -272,7 +272,7 @@ class GenericImpl:
         H = h0.shape[1]
         C = H // M if M else 1
         sq = spec.activation == "sst"
-        sqc = spec.candidate == "signed_squared_tanh"
+        sqc = spec.squared_candidate
         sl = block_slices(spec, "lstm", H, M)
         out = gi.new_empty((T, B, H))
         saved = gi.new_empty((T, B, R + H)) if save else gi.new_empty((0,))
@@ -302,7 +302,7 @@ class GenericImpl:
         R = w_hh.shape[0]
         C = H // M if M else 1
         sq = spec.activation == "sst"
-        sqc = spec.candidate == "signed_squared_tanh"
+        sqc = spec.squared_candidate
         sl = block_slices(spec, "lstm", H, M)
         d_gi = out.new_empty((T, B, R))
         dh = out.new_zeros((B, H))

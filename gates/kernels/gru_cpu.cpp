@@ -56,7 +56,7 @@ template <typename T, int ACT, bool REF, int MAS, bool SAVE>
 SOEN_INLINE void fwd_row(const T* __restrict gi, const T* __restrict gh,
                          const T* __restrict hp, T* __restrict hn, T* __restrict sv,
                          T* __restrict scr, int64_t H, int64_t M) {
-  constexpr bool SQ = ACT == kSst || ACT == kSstCandidate;
+  constexpr bool SQ = squares_gates(ACT);
   constexpr bool SQC = ACT == kSstCandidate;
   const int64_t NB = REF ? 4 : 3, R = NB * H + 2 * M;
   const T* gir = gi;
@@ -126,7 +126,7 @@ SOEN_INLINE void bwd_row(const T* __restrict dh, const T* __restrict hp,
                          T* __restrict dgi, T* __restrict dgh, T* __restrict dghn,
                          T* __restrict db, T* __restrict dnext, T* __restrict scr, int64_t H,
                          int64_t M) {
-  constexpr bool SQ = ACT == kSst || ACT == kSstCandidate;
+  constexpr bool SQ = squares_gates(ACT);
   constexpr bool SQC = ACT == kSstCandidate;
   const int64_t NB = REF ? 4 : 3, R = NB * H + 2 * M;
   const T* s_r = sv;

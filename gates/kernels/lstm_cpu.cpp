@@ -53,7 +53,7 @@ template <typename T, int ACT, bool REF, int MAS, bool SAVE>
 SOEN_INLINE void fwd_row(const T* __restrict gi, const T* __restrict gh,
                          const T* __restrict cp, T* __restrict cn, T* __restrict hn,
                          T* __restrict sv, T* __restrict scr, int64_t H, int64_t M) {
-  constexpr bool SQ = ACT == kSst || ACT == kSstCandidate;
+  constexpr bool SQ = squares_gates(ACT);
   constexpr bool SQC = ACT == kSstCandidate;
   constexpr bool CUMAX_IN = ACT == kCumax && !REF;  // input gate 1 - cumax(a_i)
   const int64_t R = 4 * H + 2 * M;
@@ -133,7 +133,7 @@ SOEN_INLINE void bwd_row(const T* __restrict dh, const T* __restrict dc,
                          const T* __restrict cp, const T* __restrict sv, T* __restrict dgi,
                          T* __restrict db, T* __restrict dcn, T* __restrict scr, int64_t H,
                          int64_t M) {
-  constexpr bool SQ = ACT == kSst || ACT == kSstCandidate;
+  constexpr bool SQ = squares_gates(ACT);
   constexpr bool SQC = ACT == kSstCandidate;
   constexpr bool CUMAX_IN = ACT == kCumax && !REF;
   const int64_t R = 4 * H + 2 * M;

@@ -99,11 +99,16 @@ class KernelMode:
     description: str
 
     @property
+    def squared_candidate(self) -> bool:
+        """The candidate is tanh·|tanh| (mode ``sst_candidate``)."""
+        return self.candidate == "signed_squared_tanh"
+
+    @property
     def flags(self) -> tuple[int, bool, int]:
         """``(activation code, refine, master id)`` for the compiled kernels: the code is
         :data:`ACTIVATION_IDS` ``[activation]``, plus :data:`SQUARED_CANDIDATE_BIT` for a tanh·|tanh|
         candidate."""
-        bit = SQUARED_CANDIDATE_BIT if self.candidate == "signed_squared_tanh" else 0
+        bit = SQUARED_CANDIDATE_BIT if self.squared_candidate else 0
         return ACTIVATION_IDS[self.activation] | bit, self.refine, MASTER_IDS[self.master]
 
     def main_blocks(self, core: str) -> int:

@@ -41,6 +41,8 @@ constexpr int kSst = 1;
 constexpr int kCumax = 2;
 // kSst with the candidate squared too (t |t|): the bit 4 of the activation code.
 constexpr int kSstCandidate = 5;
+// Modes whose [0, 1] gates are sigmoid^2.
+constexpr bool squares_gates(int act) { return act == kSst || act == kSstCandidate; }
 constexpr int kNoMaster = 0;
 constexpr int kMasterCumax = 1;
 constexpr int kMasterSigmoid = 2;
