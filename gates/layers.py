@@ -135,7 +135,6 @@ class _GatedRNN(nn.Module):
         self._rows = self.mechanism.block_rows(hidden_size, master_chunk)
         self.chrono_tmax, self.orthogonal_hh, self.seed = chrono_tmax, orthogonal_hh, seed
         self.implementation = implementation
-        self._check_implementation(implementation)
         self._gate_recorder: Any = None  # set only while a gates.stats.GateRecorder is active
         directions = 2 if self.bidirectional else 1
         self._cells: tuple[Cell, ...] = rnn_cells(self, num_layers, directions, bias, proj_size > 0)
@@ -149,6 +148,7 @@ class _GatedRNN(nn.Module):
             for name, shape in shapes:
                 if name is not None:
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+        self._check_implementation(implementation)  # after the parameters: triton checks their device
         self.reset_parameters()
 
     # ------------------------------------------------------------------ layout

@@ -2,7 +2,7 @@
 
     soensim-study list
     soensim-study run STUDY|FILE.toml [--preset quick] [--out runs] [--data-dir DIR] [--seeds N]
-                      [--rows a,b] [--launcher local|process|ray] [--workers N] [--set key=value ...]
+                      [--rows a,b] [--launcher local|process|ray|batched] [--workers N] [--set key=value ...]
                       [--profile FILE] [--tensorboard] [--restart] [--no-report]
     soensim-study resume RUN_DIR
     soensim-study transfer RUN_DIR [RUN_DIR ...] [--out DIR] [--seeds N] [--eval-size N] [--profile FILE]

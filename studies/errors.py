@@ -34,4 +34,7 @@ class LockedError(RunDirError):
     """Another process is writing the directory; the message names its PID."""
 
 
-__all__ = ["ConfigError", "ConfigMismatch", "DataError", "LockedError", "RunDirError", "StudyError"]
+#: Errors that stop a grid instead of being recorded as one failed run (the environment's or the files').
+ENVIRONMENT_ERRORS = (OSError, DataError, RunDirError)
+
+__all__ = ["ENVIRONMENT_ERRORS", "ConfigError", "ConfigMismatch", "DataError", "LockedError", "RunDirError", "StudyError"]

@@ -24,7 +24,9 @@ process; ``process`` uses a pool of ``workers`` spawned processes (each with
 ``cpu_count // workers`` torch threads unless the config sets ``threads``; on Ctrl-C,
 SIGTERM or an error the pool's workers are terminated, their checkpoints stay
 resumable); ``ray`` submits each run as a Ray task asking for 1 GPU when the cluster has
-GPUs, else 1 CPU (``pip install 'soensim[ray]'``).
+GPUs, else 1 CPU (``pip install 'soensim[ray]'``); ``batched`` (:mod:`studies.packed`) trains
+the runs whose models share a shape and kernel mode as one batched model (one Triton launch
+per step on CUDA for all of them), with each run's results as if it had trained alone.
 
 Errors inside one run: a mistake of that run's own configuration (e.g. an unknown task)
 is recorded (``error.txt``, status ``"error"``) and the grid goes on; a problem of the
@@ -40,20 +42,17 @@ import math
 import multiprocessing as mp
 import os
 import signal
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .config import RunConfig, parse_overrides
-from .errors import ConfigError, DataError, RunDirError
+from .errors import ENVIRONMENT_ERRORS, ConfigError, DataError, RunDirError
 from .files import DirLock, read_json, write_json_atomic, write_text_atomic
 from .rundir import ERROR_FILE, RunDir, check_reuse, clear, read_config, read_summary
 from .stats import mean_ci
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
-#: Errors that stop a grid instead of being recorded as one failed run.
-ENVIRONMENT_ERRORS = (OSError, DataError, RunDirError)
 
 Job = tuple[RunConfig, Path]
 
@@ -162,9 +161,7 @@ def _run_entry(cfg_dict: dict[str, Any], rdir: str, threads: int | None = None) 
     except ENVIRONMENT_ERRORS:
         raise
     except Exception as err:  # recorded, the grid goes on
-        RunDir(rdir).write_error(traceback.format_exc())
-        return {"run_id": cfg.run_id, "row": cfg.row, "seed": cfg.seed, "status": "error",
-                "error": f"{type(err).__name__}: {err}"}
+        return RunDir(rdir).record_failure(cfg, err)
 
 
 def _local(jobs: Sequence[Job], workers: int) -> list[dict[str, Any]]:
@@ -209,8 +206,15 @@ def _ray(jobs: Sequence[Job], workers: int) -> list[dict[str, Any]]:
     return ray.get(refs)
 
 
+def _batched(jobs: Sequence[Job], workers: int) -> list[dict[str, Any]]:
+    from .packed import launch
+
+    return launch(jobs, workers)
+
+
 #: Launcher registry: name → function(jobs, workers) → summaries in job order.
 LAUNCHERS: dict[str, Callable[[Sequence[Job], int], list[dict[str, Any]]]] = {
+    "batched": _batched,
     "local": _local,
     "process": _process,
     "ray": _ray,

@@ -55,6 +55,10 @@ class SequenceModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y, _ = self.rnn(x)
+        return self.read(y)
+
+    def read(self, y: Tensor) -> Tensor:
+        """The head on the recurrent layer's output ``y`` (B, T, H): (B, O), or (B, k, O) for ``readout`` k > 1."""
         if self.readout == 1:
             return self.head(y[:, -1])
         return self.head(y[:, -self.readout:])

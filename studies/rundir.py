@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -206,6 +207,12 @@ class RunDir:
 
     def write_error(self, text: str) -> None:
         write_text_atomic(self.path / ERROR_FILE, text)
+
+    def record_failure(self, cfg: RunConfig, err: BaseException) -> dict[str, Any]:
+        """Write ``err``'s traceback to error.txt; the run's summary with status "error"."""
+        self.write_error("".join(traceback.format_exception(err)))
+        return {"run_id": cfg.run_id, "row": cfg.row, "seed": cfg.seed, "status": "error",
+                "error": f"{type(err).__name__}: {err}"}
 
 
 __all__ = ["CHECKPOINT_FILE", "CHECKPOINT_FORMAT", "CONFIG_FILE", "EPOCHS_FILE", "ERROR_FILE", "EVENTS_FILE",

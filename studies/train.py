@@ -84,7 +84,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
@@ -206,17 +206,31 @@ class Trainer:
         return ref if ref is not None else self.initial_loss
 
     def _train_step(self, x: Tensor, y: Tensor) -> tuple[float, float, Tensor]:
-        cfg = self.cfg
-        n = self.step + 1
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        self.optimizer.zero_grad(set_to_none=True)
+        x, y = self._begin_step(x, y)
         out = self.model(x)
+        loss, loss_v = self._loss(out, y)
+        loss.backward()
+        return loss_v, self._update(), out.detach()
+
+    # The phases of one step, shared with a pack of runs trained as one batched model (studies.packed).
+    def _begin_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch on the device, the gradients cleared."""
+        self.optimizer.zero_grad(set_to_none=True)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _loss(self, out: Tensor, y: Tensor) -> tuple[Tensor, float]:
+        """The loss of the model's output ``out`` and its value; :class:`Diverged` when it explodes."""
         loss = self.objective.loss(out, y)
         loss_v = float(loss.detach())
-        why = divergence(loss_v, self._loss_reference(), cfg.divergence_factor)
+        why = divergence(loss_v, self._loss_reference(), self.cfg.divergence_factor)
         if why is not None:
-            raise Diverged(f"{why} at step {n}")
-        loss.backward()
+            raise Diverged(f"{why} at step {self.step + 1}")
+        return loss, loss_v
+
+    def _update(self) -> float:
+        """Clip, step the optimizer and the per-step schedule after ``backward``; the gradient norm.
+        :class:`Diverged` on a non-finite gradient norm or parameter."""
+        cfg, n = self.cfg, self.step + 1
         params = [p for p in self.params if p.grad is not None]
         if cfg.clip_norm is not None:
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
@@ -229,42 +243,17 @@ class Trainer:
             raise Diverged(f"non-finite parameters after step {n}")
         if self.scheduler.per == "step":
             self.scheduler.step()
-        return loss_v, gnorm, out.detach()
+        return gnorm
 
     def _run_epoch(self) -> dict[str, Any]:
-        cfg = self.cfg
-        n_batches = self.data.train.num_batches(cfg.batch_size)
-        bar = _progress(n_batches, f"{cfg.run_id} ep {self.epoch + 1}/{cfg.epochs}", cfg.progress)
-        loss_sum, metric_sum, count, seen, spikes = 0.0, 0.0, 0, 0, 0
+        epoch = Epoch(self, self.cfg.progress)
         try:
-            for x, y in self.data.train.batches(cfg.batch_size, self.shuffle_gen):
-                if cfg.max_steps is not None and self.step >= cfg.max_steps:
-                    break
-                lr = self.optimizer.param_groups[0]["lr"]
-                loss_v, gnorm, out = self._train_step(x, y)
-                self.step += 1
-                loss_sum += loss_v * len(x)
-                seen += len(x)
-                m, c = self.objective.metric_sum(out, y.to(out.device))
-                metric_sum, count = metric_sum + m, count + c
-                spike = self.spikes.update(loss_v)
-                record = {"step": self.step, "epoch": self.epoch + 1, "loss": loss_v, "grad_norm": gnorm, "lr": lr}
-                if spike:
-                    spikes += 1
-                    self.event("spike", loss=loss_v, median=self.spikes.last_median)
-                if spike or self.step % cfg.log_every == 0 or self.step == 1:
-                    self.dir.append(STEPS_FILE, {**record, "spike": spike})
-                self.tracker.step(record)
-                for cb in self.callbacks:
-                    cb(self, record)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_v:.4f}")
+            while (batch := epoch.next_batch()) is not None:
+                loss_v, gnorm, out = self._train_step(*batch)
+                epoch.record(loss_v, gnorm, out, batch[1])
         finally:
-            if bar is not None:
-                bar.close()
-        return {"train_loss": loss_sum / max(1, seen), f"train_{self.objective.metric}": metric_sum / max(1, count),
-                "spikes": spikes}
+            epoch.close()
+        return epoch.stats()
 
     def _end_epoch(self, train_stats: dict[str, Any], t0: float) -> None:
         """Evaluate, log the epoch record and gate statistics, checkpoint. Epoch 0 (no
@@ -326,6 +315,12 @@ class Trainer:
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
+        self._start(resume)
+        self._train_on()
+        return self._finish()
+
+    def _start(self, resume: bool) -> None:
+        """Load the checkpoint (``resume``) or start fresh and record the initial model."""
         cfg = self.cfg
         if resume and self.dir.has_checkpoint():
             self.load_state_dict(self.dir.load_checkpoint(cfg))
@@ -337,20 +332,34 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             self._end_epoch({}, time.perf_counter())
         self.model.train()
-        while self.epoch < cfg.epochs and not (cfg.max_steps is not None and self.step >= cfg.max_steps):
+
+    def wants_epoch(self) -> bool:
+        """True while the run has epochs (and steps) left and has not stopped."""
+        cfg = self.cfg
+        return (self.status == "running" and self.epoch < cfg.epochs
+                and not (cfg.max_steps is not None and self.step >= cfg.max_steps))
+
+    def _train_on(self) -> None:
+        """Train epoch by epoch until :meth:`wants_epoch` is false."""
+        while self.wants_epoch():
             t0 = time.perf_counter()
             try:
                 stats = self._run_epoch()
             except Diverged as err:
-                self.nonfinite += 1
-                self.event("nonfinite", reason=str(err), policy=cfg.nonfinite_policy)
-                self.elapsed += time.perf_counter() - t0
-                if self._rollback(err):
-                    continue
-                self.status, self.reason = "diverged", str(err)
-                self.event("stop", reason=self.reason)
-                break
+                self._diverged(err, t0)
+                continue
             self._end_epoch(stats, t0)
+
+    def _diverged(self, err: Diverged, t0: float) -> None:
+        """Record a divergence in the epoch begun at ``t0``: roll back, or stop the run (status "diverged")."""
+        self.nonfinite += 1
+        self.event("nonfinite", reason=str(err), policy=self.cfg.nonfinite_policy)
+        self.elapsed += time.perf_counter() - t0
+        if not self._rollback(err):
+            self.status, self.reason = "diverged", str(err)
+            self.event("stop", reason=self.reason)
+
+    def _finish(self) -> dict[str, Any]:
         if self.status == "running":
             self.status = "finished"
         return self.write_summary()
@@ -388,6 +397,59 @@ class Trainer:
         return summary
 
 
+class Epoch:
+    """One training epoch of a :class:`Trainer`: its batches, progress bar and running totals.
+
+    ``next_batch()`` gives the next ``(x, y)`` (None at the end of the epoch or at
+    ``max_steps``), ``record(...)`` books a finished step (log, spikes, callbacks), ``close()``
+    ends the bar and ``stats()`` returns the epoch's training record. A single run and a pack
+    of runs (:mod:`studies.packed`) drive it the same way."""
+
+    def __init__(self, trainer: Trainer, progress: bool):
+        cfg = trainer.cfg
+        self.trainer = trainer
+        self.batches = iter(trainer.data.train.batches(cfg.batch_size, trainer.shuffle_gen))
+        self.bar = progress_bar(trainer.data.train.num_batches(cfg.batch_size),
+                             f"{cfg.run_id} ep {trainer.epoch + 1}/{cfg.epochs}", progress)
+        self.loss_sum, self.metric_sum, self.count, self.seen, self.spikes = 0.0, 0.0, 0, 0, 0
+
+    def next_batch(self) -> tuple[Tensor, Tensor] | None:
+        t = self.trainer
+        if t.cfg.max_steps is not None and t.step >= t.cfg.max_steps:
+            return None
+        self.lr = t.optimizer.param_groups[0]["lr"]  # the rate the coming step uses (a step schedule moves it)
+        return next(self.batches, None)
+
+    def record(self, loss_v: float, gnorm: float, out: Tensor, y: Tensor) -> None:
+        t, cfg = self.trainer, self.trainer.cfg
+        t.step += 1
+        self.loss_sum += loss_v * len(y)
+        self.seen += len(y)
+        m, c = t.objective.metric_sum(out, y.to(out.device))
+        self.metric_sum, self.count = self.metric_sum + m, self.count + c
+        spike = t.spikes.update(loss_v)
+        record = {"step": t.step, "epoch": t.epoch + 1, "loss": loss_v, "grad_norm": gnorm, "lr": self.lr}
+        if spike:
+            self.spikes += 1
+            t.event("spike", loss=loss_v, median=t.spikes.last_median)
+        if spike or t.step % cfg.log_every == 0 or t.step == 1:
+            t.dir.append(STEPS_FILE, {**record, "spike": spike})
+        t.tracker.step(record)
+        for cb in t.callbacks:
+            cb(t, record)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss_v:.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {"train_loss": self.loss_sum / max(1, self.seen),
+                f"train_{self.trainer.objective.metric}": self.metric_sum / max(1, self.count), "spikes": self.spikes}
+
+
 # --------------------------------------------------------------------------- one run
 def run(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = True,
         callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:
@@ -399,6 +461,16 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = True,
     ``resume=False``: whatever the directory holds is discarded and the run starts over.
     Another process writing the directory raises :class:`~studies.errors.LockedError`.
     """
+    with RunDir(run_dir).lock():
+        prepared = prepare(cfg, run_dir, resume, callbacks)
+        return prepared if isinstance(prepared, dict) else prepared.fit(resume=True)
+
+
+def prepare(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = True,
+            callbacks: Sequence[StepCallback] = ()) -> Trainer | dict[str, Any]:
+    """The :class:`Trainer` of ``cfg`` in ``run_dir``, its model and data built (seeded by
+    ``cfg.seed``), ready to ``fit(resume=True)``; or the summary of a finished run of the same
+    configuration. Reuse rules and ``resume`` as :func:`run`."""
     from .registry import get_study
 
     rd = RunDir(run_dir)
@@ -417,7 +489,7 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = True,
             if nonfinite_parameters(model.parameters()):
                 raise ConfigError(f"{cfg.run_id}: the model built for this configuration has non-finite (NaN or "
                                   "infinite) parameters; check the hardware settings (profile, coupling_max, hw_dt)")
-            return Trainer(cfg, model, data, rd.path, callbacks).fit(resume=True)
+            return Trainer(cfg, model, data, rd.path, callbacks)
 
 
 def resume(run_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
@@ -433,6 +505,6 @@ def resume(run_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
 
 __all__ = [
     "ArraySplit", "CHECKPOINT_FILE", "CONFIG_FILE", "ConfigError", "CosineToFloor", "RunConfig", "SUMMARY_FILE",
-    "SpikeDetector", "StepCallback", "StreamSplit", "TaskData", "Trainer", "load_checkpoint", "read_jsonl",
-    "resolve_device", "resume", "run", "torch_threads",
+    "Epoch", "SpikeDetector", "StepCallback", "StreamSplit", "TaskData", "Trainer", "load_checkpoint", "prepare",
+    "progress_bar", "read_jsonl", "resolve_device", "resume", "run", "torch_threads",
 ]
