@@ -14,9 +14,10 @@ Sections (each recorded in ``gpu_check.json`` and ``gpu_check.md`` under ``--out
    mode are listed), against ``torch.nn.GRU``/``torch.nn.LSTM`` (cuDNN), at B 50 T 1024 H 181 and
    B 128 T 1024 H 512. Master modes use H/C units with C = 16 (H 176 at the first shape: 181 is prime).
 3. ``batched``: M = 10 models in one launch against 10 sequential cuDNN runs of the same shape.
-4. ``training``: a few epochs of M s-CIFAR rows (grayscale 32×32 → 1024 steps, H 181, 10-way head) trained
-   as one batched model: half the rows with learnable biases, half with the reset and update biases frozen
-   at 0 (Malandain 2026, "Ablation of Gate Biases in GRUs for s-CIFAR-10"); random data unless ``--data-dir``.
+4. ``training``: a few epochs of 10 s-CIFAR rows of the bias ablation (grayscale 32×32 → 1024 steps, H 181,
+   10-way head; software baseline and ablation, hardware pairs under soen-dendrite at each flux budget)
+   trained by the study code with the ``batched`` launcher (all rows in one launch per step) and with the
+   ``local`` one (row after row), compared in wall time and final metrics; synthetic images unless ``--data-dir``.
 5. ``targets``: standard GRU ≥ 1× cuDNN, every variant ≤ 1.5× cuDNN's standard time, 10 rows in one
    launch ≥ 3× faster than 10 sequential cuDNN runs.
 
@@ -40,9 +41,9 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"shapes": [(50, 1024, 181), (128, 1024, 512)], "batched": (10, 50, 1024, 181), "master_chunk": 16,
-        "train": {"rows": 10, "side": 32, "H": 181, "B": 50, "images": 2000, "epochs": 3}}
+        "train": {"rows": 10, "side": 32, "H": 181, "B": 50, "images": 2000, "val": 500, "epochs": 2}}
 TINY = {"shapes": [(3, 2, 16), (2, 2, 24)], "batched": (2, 3, 2, 16), "master_chunk": 4,
-        "train": {"rows": 2, "side": 2, "H": 16, "B": 4, "images": 8, "epochs": 2}}
+        "train": {"rows": 4, "side": 2, "H": 16, "B": 4, "images": 20, "val": 10, "epochs": 2}}
 TARGETS = {"standard_vs_cudnn": 1.0, "variant_vs_cudnn": 1.5, "batched_speedup": 3.0}
 
 
@@ -231,101 +232,43 @@ def time_batched(spec, repeats, device, dtype, sync, clock: Clock) -> list[dict]
 
 
 # --------------------------------------------------------------------------- 4. batched training
-def load_data(data_dir: Path | None, side: int, n: int, seed: int):
-    """(train x (N, T, 1), train y, val x, val y, source): CIFAR-10 grayscale sequences, else random."""
-    import torch
+def train_rows(cfg: dict, data_dir: Path | None, device: str, out: Path, clock: Clock) -> dict:
+    """The first ``rows`` rows of the bias ablation's medium preset (software pair, then hardware pairs at
+    each flux budget) at full s-CIFAR size, trained by the study code twice: the ``batched`` launcher (one
+    Triton launch per step for every row) and the ``local`` one (row after row: cuDNN for the standard
+    gate). Same configurations, so the final metrics agree to float tolerance; the wall times compare."""
+    from studies import grid
+    from studies.bias_ablation import row_names, runs
 
-    g = torch.Generator().manual_seed(seed)
-    if data_dir is not None:
-        try:
-            from studies.cifar import load_cifar10
-            from studies.data import to_sequences
-
-            images, labels = load_cifar10(data_dir, "train", download=False, cache=False)
-            seqs = torch.as_tensor(to_sequences(images[: n + n // 4], "gray", size=side))
-            y = torch.as_tensor(labels[: n + n // 4]).long()
-            seqs = (seqs - seqs[:n].mean()) / seqs[:n].std()
-            return seqs[:n], y[:n], seqs[n:], y[n:], f"CIFAR-10 from {data_dir}"
-        except Exception as e:  # any loader failure falls back to random data, recorded in the report
-            source = f"random (loading {data_dir} failed: {type(e).__name__}: {e})"
-    else:
-        source = "random"
-    x = torch.randn(n + n // 4, side * side, 1, generator=g)
-    y = torch.randint(0, 10, (n + n // 4,), generator=g)
-    return x[:n], y[:n], x[n:], y[n:], source
-
-
-def train_batched(cfg: dict, data_dir, device, dtype, sync, clock: Clock) -> dict:
-    """M s-CIFAR rows trained as one batched model (one Triton launch per step, per-row gradient clipping)."""
-    import torch
-
-    M, H, B = cfg["rows"], cfg["H"], cfg["B"]
-    xs, ys, xv, yv, source = load_data(data_dir, cfg["side"], cfg["images"], seed=0)
-    per_row = [layer_params("gru", "-", 1, H, device, dtype, seed=k) for k in range(M)]
-    params = [torch.stack(ps).detach().requires_grad_() for ps in zip(*(p for p, _ in per_row), strict=True)]
-    blocks = per_row[0][1].layout().blocks
-    frozen = torch.zeros(M, params[1].shape[1], device=device, dtype=torch.bool)
-    for k in range(M // 2, M):  # ablated rows: reset and update biases fixed at 0
-        for name in ("reset", "update"):
-            frozen[k, blocks[name]] = True
-    with torch.no_grad():
-        for b in (params[1], params[3]):
-            b.masked_fill_(frozen, 0.0)
-    g = torch.Generator().manual_seed(1)
-    head_w = (torch.randn(M, 10, H, generator=g) / H**0.5).to(device, dtype).requires_grad_()
-    head_b = torch.zeros(M, 10, device=device, dtype=dtype, requires_grad=True)
-    everything = params + [head_w, head_b]
-    opt = torch.optim.AdamW(everything, lr=1e-3, weight_decay=0.01)
-    run = recurrence("gru")
-
-    def logits(x):  # x (B, T, 1) -> (M, B, 10)
-        x = x.to(device, dtype).transpose(0, 1)
-        gi = torch.einsum("tbi,mri->mtbr", x, params[0]) + params[1][:, None, None]
-        h_last = run(gi, params[2], params[3], "sigmoid")[:, -1]
-        return torch.baddbmm(head_b[:, None], h_last, head_w.transpose(1, 2))
-
-    history, t_train, steps = [], 0.0, 0
-    for epoch in range(cfg["epochs"]):
+    overrides = [f"image_size={cfg['side']}", f"hidden={cfg['H']}", f"batch_size={cfg['B']}",
+                 f"train_subset={cfg['images']}", f"val_size={cfg['val']}", f"test_subset={cfg['val']}",
+                 f"epochs={cfg['epochs']}", f"device={device}", "progress=false", "gate_stats=false",
+                 "task=" + ("scifar" if data_dir else "fake-images")]
+    if data_dir:
+        overrides.append(f"data_dir={data_dir}")
+    configs = runs("medium", seeds=1, rows=row_names("medium")[:cfg["rows"]], overrides=overrides)
+    result = {"rows": [c.row for c in configs], "H": cfg["H"], "T": cfg["side"] ** 2, "batch": cfg["B"],
+              "images": cfg["images"], "epochs": cfg["epochs"],
+              "data": f"CIFAR-10 from {data_dir}" if data_dir else "synthetic images (fake-images)"}
+    for launcher in ("batched", "local"):
         if clock.left() <= 0:
-            history.append({"epoch": epoch, "skipped": "time budget"})
-            break
-        order = torch.randperm(len(xs), generator=g)
-        losses = torch.zeros(M, device=device)
-        sync()
+            result[launcher] = {"skipped": "time budget"}
+            continue
         t0 = time.perf_counter()
-        for i in range(0, len(xs) - B + 1, B):
-            if clock.left() <= 0:
-                history.append({"epoch": epoch, "stopped": f"time budget after {i // B} batches"})
-                break
-            idx = order[i:i + B]
-            out = logits(xs[idx])
-            target = ys[idx].to(device).repeat(M)
-            loss_rows = torch.nn.functional.cross_entropy(out.reshape(-1, 10).float(), target,
-                                                          reduction="none").view(M, -1).mean(1)
-            opt.zero_grad(set_to_none=True)
-            loss_rows.sum().backward()  # rows are independent: each gets its own gradient
-            params[1].grad.masked_fill_(frozen, 0.0)
-            params[3].grad.masked_fill_(frozen, 0.0)
-            norms = torch.sqrt(sum(p.grad.flatten(1).float().pow(2).sum(1) for p in everything))
-            scale = (1.0 / (norms + 1e-6)).clamp(max=1.0)  # clip each row's gradient norm at 1.0
-            for p in everything:
-                p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))).to(p.dtype))
-            opt.step()
-            losses += loss_rows.detach()
-            steps += 1
-        sync()
-        t_train += time.perf_counter() - t0
-        n_batches = max(1, len(xs) // B)
-        with torch.no_grad():
-            pred = torch.cat([logits(xv[i:i + 250]).argmax(-1).cpu() for i in range(0, len(xv), 250)], dim=1)
-            acc = (pred == yv).float().mean(1)
-        history.append({"epoch": epoch, "train_loss": (losses / n_batches).cpu().tolist(), "val_acc": acc.tolist()})
-        print(f"  epoch {epoch}: mean loss {float((losses / n_batches).mean()):.4f}, "
-              f"mean val acc {float(acc.mean()):.3f}", flush=True)
-    step_s = t_train / max(steps, 1)
-    return {"rows": M, "H": H, "T": cfg["side"] ** 2, "batch": B, "images": len(xs), "data": source,
-            "frozen_rows": list(range(M // 2, M)), "steps": steps, "seconds_per_step": step_s,
-            "epoch_45000_images_s": step_s * 45000 / B, "history": history}
+        summaries = grid.run_grid(configs, out / f"train-{launcher}", launcher=launcher, study="scifar-bias",
+                                  restart=True)
+        result[launcher] = {"wall_s": time.perf_counter() - t0,
+                            "status": [s["status"] for s in summaries],
+                            "final_test_acc": [s.get("final", {}).get("test_acc") for s in summaries],
+                            "final_train_loss": [s.get("final", {}).get("train_loss") for s in summaries]}
+        print(f"  {launcher}: {result[launcher]['wall_s']:.1f} s, test acc {result[launcher]['final_test_acc']}",
+              flush=True)
+    if "wall_s" in result["batched"] and "wall_s" in result.get("local", {}):
+        pairs = [(a, b) for a, b in zip(result["batched"]["final_train_loss"], result["local"]["final_train_loss"],
+                                        strict=True) if a is not None and b is not None]
+        result["speedup"] = result["local"]["wall_s"] / result["batched"]["wall_s"]
+        result["max_train_loss_diff"] = max((abs(a - b) for a, b in pairs), default=None)
+    return result
 
 
 # --------------------------------------------------------------------------- 5. report
@@ -374,19 +317,22 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['core']} | {r['M']} | {r['triton_one_launch_s'] * 1e3:.1f} | "
                          f"{r['cudnn_sequential_s'] * 1e3:.1f} | {r['speedup']:.2f} |")
     tr = report.get("training", {})
+    lines += ["", "## Batched s-CIFAR training", ""]
     if "error" in tr:
-        lines += ["", "## Batched s-CIFAR training", "", f"failed: {tr['error']}"]
-    if "rows" in tr:
-        lines += ["", "## Batched s-CIFAR training", "",
-                  f"{tr['rows']} rows (frozen reset/update biases: rows {tr['frozen_rows']}), H {tr['H']}, "
-                  f"T {tr['T']}, batch {tr['batch']}, {tr['images']} images ({tr['data']}); "
-                  f"{tr['seconds_per_step'] * 1e3:.1f} ms per step for all rows, "
-                  f"{tr['epoch_45000_images_s']:.0f} s per 45,000-image epoch.", "",
-                  "| epoch | mean train loss | mean val acc |", "|---|---|---|"]
-        for h in tr["history"]:
-            if "train_loss" in h:
-                lines.append(f"| {h['epoch']} | {statistics.mean(h['train_loss']):.4f} | "
-                             f"{statistics.mean(h['val_acc']):.3f} |")
+        lines.append(f"failed: {tr['error']}")
+    elif "rows" in tr:
+        lines += [f"{len(tr['rows'])} rows of the bias ablation (medium preset: {', '.join(tr['rows'])}), H {tr['H']}, "
+                  f"T {tr['T']}, batch {tr['batch']}, {tr['images']} images ({tr['data']}), {tr['epochs']} epochs, "
+                  "trained by `python -m studies run` code with each launcher.", "",
+                  "| launcher | wall s | final test acc per row |", "|---|---|---|"]
+        for launcher in ("batched", "local"):
+            r = tr.get(launcher, {})
+            accs = " ".join("-" if a is None else f"{a:.3f}" for a in r.get("final_test_acc", []))
+            lines.append(f"| {launcher} | {r['wall_s']:.1f} | {accs} |" if "wall_s" in r
+                         else f"| {launcher} | {r.get('skipped', '')} | |")
+        if "speedup" in tr:
+            lines += ["", f"batched vs local: {tr['speedup']:.2f}× faster; largest final train-loss difference "
+                          f"{tr['max_train_loss_diff']:.2e}."]
     lines += ["", "## Targets", ""]
     for name, v in report["targets"].items():
         lines.append(f"- {name}: {json.dumps(v)}")
@@ -431,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     print("3. M models in one launch", flush=True)
     report["batched"] = time_batched(sizes["batched"], repeats, device, dtype, sync, clock)
     print("4. batched training", flush=True)
-    report["training"] = attempt({}, lambda: train_batched(sizes["train"], args.data_dir, device, dtype, sync, clock))
+    report["training"] = attempt({}, lambda: train_rows(sizes["train"], args.data_dir, device, args.out, clock))
     from gates.kernels import triton_common
 
     report["launch_configs"] = triton_common.chosen_configs()

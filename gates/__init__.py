@@ -4,6 +4,8 @@
 - :mod:`gates.functional` — reference step/sequence functions (the ground truth);
 - :mod:`gates.layers` — :class:`GatedGRU`, :class:`GatedLSTM` (nn.GRU/nn.LSTM drop-ins that
   declare their :func:`soensim.layout`);
+- :mod:`gates.batched` — :func:`forward_models`: M layers of one shape and mode in one batched
+  recurrence (the model dimension of the fused kernels);
 - :mod:`gates.conversion` — :func:`from_torch`/:func:`convert`: torch's nn.GRU/nn.LSTM into
   the equivalent gates layers (so parametrizations are honoured);
 - :mod:`gates.init` — initialisers for any GRU/LSTM-like layer;

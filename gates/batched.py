@@ -1,15 +1,16 @@
 """Several independent layers of one shape and mode run as one batched recurrence.
 
 ``forward_models(layers, inputs)`` runs M :class:`~gates.GatedGRU`/:class:`~gates.GatedLSTM`
-layers, each over its own input, with one call of the fused recurrence per cell whose
-leading dimension is the model: on CUDA one Triton launch trains all M models (a batch of 50
-fills only a few of a GPU's multiprocessors, M models fill more). Each model keeps its own
-parameters and their transforms (hardware constraints, frozen biases): their effective
-values are stacked on every call, so gradients reach each model's own parameters.
+layers, each over its own input. On the Triton path (CUDA) that is one launch per cell for all
+M models, the kernels' model dimension (a batch of 50 fills only a few of a GPU's
+multiprocessors; M models fill more): each model's effective parameters, after their
+transforms (hardware constraints, frozen biases), are stacked on every call, so gradients
+reach each model's own parameters. On the CPU the fused kernels run models one after
+another anyway, so each layer runs its own call there (stacking would only copy).
 
-Results equal running each layer on its own: bit for bit on the CPU's compiled kernel (the
-models run one after another there), to float tolerance on Triton (which also replaces
-cuDNN for gate ``-``). Layers are packable when :func:`batch_signature` agrees.
+Results equal running each layer on its own: bit for bit on the CPU, to float tolerance on
+Triton (which also stands in for cuDNN's gate ``-``). Layers are packable when
+:func:`batch_signature` agrees.
 """
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .kernels import input_projection
-from .layers import _TRITON_DTYPES, FUSED_RECURRENCES, TRITON_RECURRENCES, _GatedRNN, fused_available, triton_available
+from .layers import _TRITON_DTYPES, TRITON_RECURRENCES, _GatedRNN, fused_available, triton_available
 
 __all__ = ["batch_signature", "batched_implementation", "forward_models"]
 
@@ -80,34 +80,38 @@ def forward_models(layers: Sequence[_GatedRNN], inputs: Sequence[Tensor],
         if batch_signature(layer) != sig:
             raise ValueError(f"forward_models: layer {m} differs from layer 0 in its batch signature "
                              f"{batch_signature(layer)} vs {sig}")
+    shapes = {tuple(x.shape) for x in inputs}
+    if len(shapes) > 1:
+        raise ValueError(f"forward_models: every input must have the same shape; got {sorted(shapes)}")
+    if sig[-1] == "fused":  # the CPU kernels run the models one after another: each layer's own call, no copies
+        return [layer(x) if hx is None else layer(x, hx[m]) for m, (layer, x) in enumerate(zip(layers, inputs, strict=True))]
     xs, states, unbatched = _inputs(layers, inputs, hx)
-    path = sig[-1]
-    recurrence = (FUSED_RECURRENCES if path == "fused" else TRITON_RECURRENCES)[layers[0].core]
+    recurrence = TRITON_RECURRENCES[layers[0].core]
     layer_in, finals = xs, []
     for k in range(layers[0].num_layers):
         params = [layer._cell_params(layer._cells[k]) for layer in layers]
-        gi = _projections(layer_in, params, path)
+        gi = _projections(layer_in, params)
         w_hh = torch.stack([p[1] for p in params])
         b_hh = torch.stack([p[3] for p in params]) if params[0][3] is not None else None
-        out, s = recurrence(gi, tuple(t[:, k] for t in states), w_hh, b_hh, layers[0].mechanism.fused_mode)
+        out, s = recurrence(gi, tuple(t.select(1, k) for t in states), w_hh, b_hh, layers[0].mechanism.fused_mode)
         finals.append(s)
         layer_in = out
-    final = tuple(torch.stack(f, dim=1) for f in zip(*finals, strict=True))  # each (M, L, B, H)
+    # unbind, not indexing, to split per model: its backward stacks the M gradients once
+    final = [torch.stack(f, dim=1).unbind(0) for f in zip(*finals, strict=True)]  # per state: M × (L, B, H)
     results = []
-    for m, layer in enumerate(layers):
-        out = layer._finish(layer_in[m], unbatched)
+    for m, (layer, out) in enumerate(zip(layers, layer_in.unbind(0), strict=True)):
         s_m = tuple(t[m].squeeze(1) if unbatched else t[m] for t in final)
-        results.append((out, s_m[0] if layer.core == "gru" else s_m))
+        results.append((layer._finish(out, unbatched), s_m[0] if layer.core == "gru" else s_m))
     return results
 
 
 def _inputs(layers: list[_GatedRNN], inputs: Sequence[Tensor], hx: Sequence[Any] | None
             ) -> tuple[Tensor, tuple[Tensor, ...], bool]:
     """Time-major inputs (M, T, B, I) and initial states, each (M, L, B, H), checked as each layer checks them."""
-    xs, states, flags = [], [], set()
+    xs, states = [], []
+    unbatched = False
     for m, layer in enumerate(layers):
         x, unbatched = layer._check_input(inputs[m])
-        flags.add(unbatched)
         h = None if hx is None else hx[m]
         if layer.core == "gru":
             states.append((layer._state(h, x, unbatched, "h0", layer.hidden_size),))
@@ -116,18 +120,11 @@ def _inputs(layers: list[_GatedRNN], inputs: Sequence[Tensor], hx: Sequence[Any]
             states.append((layer._state(h0, x, unbatched, "h0", layer.hidden_size),
                            layer._state(c0, x, unbatched, "c0", layer.hidden_size)))
         xs.append(x)
-    shapes = {tuple(x.shape) for x in xs}
-    if len(shapes) > 1 or len(flags) > 1:
-        raise ValueError(f"forward_models: every input must have the same shape; got {sorted(shapes)}")
-    return torch.stack(xs), tuple(torch.stack(s) for s in zip(*states, strict=True)), flags.pop()
+    return torch.stack(xs), tuple(torch.stack(s) for s in zip(*states, strict=True)), unbatched
 
 
-def _projections(layer_in: Tensor, params: list[tuple], path: str) -> Tensor:
-    """``gi`` (M, T, B, R) = each model's ``x W_ih^T + b_ih``. On the CPU each model's GEMM as a
-    single layer computes it (so results are bitwise those of separate runs); on Triton one
-    batched GEMM."""
-    if path == "fused":
-        return torch.stack([input_projection(layer_in[m], p[0], p[2]) for m, p in enumerate(params)])
+def _projections(layer_in: Tensor, params: list[tuple]) -> Tensor:
+    """``gi`` (M, T, B, R) = each model's ``x W_ih^T + b_ih``, in one batched GEMM."""
     M, T, B, _ = layer_in.shape
     w_ih = torch.stack([p[0] for p in params])  # (M, R, I)
     flat = layer_in.reshape(M, T * B, -1)

@@ -31,9 +31,12 @@ def test_dry_run_writes_every_section(tmp_path):
     assert all(math.isfinite(t["triton_s"]) and t["triton_s"] > 0 and t["cudnn_standard_s"] > 0 for t in timed)
     assert [b["core"] for b in report["batched"]] == ["gru", "lstm"]
     assert all(b["speedup"] > 0 for b in report["batched"])
-    history = report["training"]["history"]
-    assert len(history) == 2 and all(math.isfinite(v) for h in history for v in h["train_loss"])
-    assert history[0]["train_loss"] != history[1]["train_loss"]  # the rows were trained
+    training = report["training"]
+    assert len(training["rows"]) == 4
+    for launcher in ("batched", "local"):
+        assert training[launcher]["status"] == ["finished"] * 4
+        assert all(math.isfinite(v) for v in training[launcher]["final_train_loss"])
+    assert training["max_train_loss_diff"] == 0.0  # the batched launcher leaves each run as it trains alone (CPU)
     assert set(report["targets"]) == {"standard_gru_vs_cudnn", "variants_vs_cudnn", "batched_speedup"}
     md = (tmp_path / "gpu_check.md").read_text()
     for heading in ("## CUDA tests", "## Forward + backward vs cuDNN", "## M models in one launch",

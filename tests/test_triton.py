@@ -227,33 +227,6 @@ def test_layer_parameters_give_the_layer_output(core, gate):
     torch.testing.assert_close(layer(x)[0], want, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("core,gate", [("gru", "-"), ("gru", "UR"), ("lstm", "OM")])
-def test_batched_layers_on_triton_equal_separate_runs(core, gate):
-    """gates.batched.forward_models on the Triton path: M layers (one under frozen biases) in one launch give
-    each layer's own reference output and gradients."""
-    from gates.batched import batched_implementation, forward_models
-    from gates.layers import build_layer
-    from soensim.constraints import freeze_biases
-
-    mods = [build_layer(core, 3, 16, gate=gate, master_chunk=4, implementation="triton", seed=s).to(DEVICE)
-            for s in (1, 2, 3)]
-    freeze_biases(mods[1], {"forget" if core == "lstm" else "update": 0.0})
-    assert batched_implementation(mods[0]) == "triton"
-    xs = [torch.randn(5, 2, 3, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(s)) for s in range(3)]
-    got = forward_models(mods, xs)
-    sum(out.square().sum() for out, _ in got).backward()
-    got_grads = [p.grad.clone() for m in mods for p in m.parameters()]
-    for m in mods:
-        m.zero_grad()
-        m.implementation = "reference"
-    want = [m(x) for m, x in zip(mods, xs, strict=True)]
-    sum(out.square().sum() for out, _ in want).backward()
-    for (a, _), (b, _) in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
-    for a, b in zip(got_grads, (p.grad for m in mods for p in m.parameters()), strict=True):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
-
-
 _SM90_COMPILE = r"""
 import sys
 from triton.backends.compiler import GPUTarget

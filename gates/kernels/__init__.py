@@ -106,8 +106,10 @@ def _per_model(fn, gi, states, w_hh, b_hh, **kw):
     if w_hh.dim() != 3 or w_hh.shape[0] != gi.shape[0]:
         raise ValueError(f"w_hh: with gi of {gi.shape[0]} models (M, T, B, rows) expected (M, rows, H) with "
                          f"M = {gi.shape[0]}; got shape {tuple(w_hh.shape)}")
-    outs = [fn(gi[m], *(None if s is None else s[m] for s in states), w_hh[m], None if b_hh is None else b_hh[m], **kw)
-            for m in range(gi.shape[0])]
+    def per(t):  # unbind, not indexing: its backward stacks the M gradients once instead of filling M zero tensors
+        return [None] * gi.shape[0] if t is None else t.unbind(0)
+
+    outs = [fn(*args, **kw) for args in zip(per(gi), *(per(s) for s in states), per(w_hh), per(b_hh), strict=True)]
     return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
 
 
