@@ -24,7 +24,6 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
-from torchdiffeq import odeint
 
 from .driven import DrivenSystem
 
@@ -173,6 +172,8 @@ def simulate(
             y = disc.step(y, u)
             out.append(y)
         return torch.stack(out)
+
+    from torchdiffeq import odeint  # here, not at import: the discrete paths (and the GPU check) run without it
 
     field = _HeldField(model, dt)
     kwargs: dict = {"method": solver.torchdiffeq_method}

@@ -92,7 +92,7 @@ def gap_figure(found: list[dict[str, Any]]) -> Any:
     """Gap baseline − ablated (mean, 95 % Welch interval) per pair, loose to tight."""
     if not found:
         return None
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     xs = range(len(found))

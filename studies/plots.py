@@ -14,17 +14,22 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .files import atomic_write, read_jsonl  # noqa: E402
-from .grid import collect  # noqa: E402
-from .rundir import EPOCHS_FILE, GATES_FILE, STEPS_FILE  # noqa: E402
-from .stats import mean_std  # noqa: E402
+from .files import atomic_write, read_jsonl
+from .grid import collect
+from .rundir import EPOCHS_FILE, GATES_FILE, STEPS_FILE
+from .stats import mean_std
 
 PLOTS_DIR = "plots"
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, imported on first use (running a study needs no matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _rows(sdir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -78,7 +83,7 @@ def save_figure(fig: Any, path: str | os.PathLike | None) -> Path | None:
     try:
         return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
 
 
 def curves(sdir: str | os.PathLike, y: str, fname: str, **kw: Any) -> Path | None:
@@ -93,7 +98,7 @@ def curves_figure(sdir: str | os.PathLike, y: str, *, ylabel: str | None = None,
     labelled with the row name; ``hline``: a dotted reference line ("baseline loss")."""
     sdir = Path(sdir)
     file, x = (EPOCHS_FILE, "epoch") if source == "epochs" else (STEPS_FILE, "step")
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     drawn = 0
     for row, runs in _rows(sdir).items():
         if rows is not None and not rows(row):
@@ -109,7 +114,7 @@ def curves_figure(sdir: str | os.PathLike, y: str, *, ylabel: str | None = None,
             ax.fill_between(xs, _smooth(lo, smooth), _smooth(hi, smooth), color=line.get_color(), alpha=0.15, lw=0)
         drawn += 1
     if not drawn:
-        plt.close(fig)
+        pyplot().close(fig)
         return None
     if hline is not None:
         ax.axhline(hline, color="grey", ls=":", lw=1, label="baseline loss")
@@ -147,7 +152,7 @@ def gate_histograms_figure(sdir: str | os.PathLike, key: str | None = None, bins
     n = len(panels)
     cols = min(4, n)
     nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    fig, axes = pyplot().subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
     for ax, (row, k, first, last) in zip(axes.flat, panels, strict=False):  # axes beyond the panels stay empty
         ax.hist(first[k], bins=bins, range=(0, 1), alpha=0.55, label=f"epoch {first['epoch']}")
         if last is not first:
@@ -178,7 +183,7 @@ def bars_figure(sdir: str | os.PathLike, key: str, ylabel: str | None = None, ti
             vals.append(mean_std(v)[0])
     if not names:
         return None
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.6))
+    fig, ax = pyplot().subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.6))
     ax.bar(range(len(names)), vals, color="tab:red", alpha=0.7)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(ylabel or key)
@@ -197,7 +202,7 @@ def xy_lines_figure(points: dict[str, list[tuple[float, float, float]]], *, xlab
     """Lines from ``{label: [(x, mean, std), ...]}`` with error bars (e.g. accuracy vs train size)."""
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for label, pts in points.items():
         pts = sorted(pts)
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
