@@ -13,7 +13,9 @@ every run directory is checked (:func:`studies.rundir.check_reuse`): a finished 
 same configuration is skipped, an interrupted one resumed, and results of another
 configuration stop the whole grid with an error listing what differs (``restart=True``
 discards them instead). So re-running the same command finishes an interrupted grid, and
-a changed command never mixes old and new results.
+a changed command never mixes old and new results. A call with other rows or seeds but the
+same settings adds its runs to ``study.json`` (the tables then cover both calls); a call with
+other settings (overrides, profile file) starts a new list.
 
 Seeds: ``seeds=N`` runs seeds 0..N−1 (default: the preset's); an override ``seed=S`` runs
 that one seed instead (giving both is an error). ``row`` and ``study`` cannot be
@@ -230,14 +232,20 @@ def get_launcher(name: str) -> Callable[[Sequence[Job], int], list[dict[str, Any
 # --------------------------------------------------------------------------- running a grid
 def write_study_file(sdir: Path, study: str, preset: str, configs: Sequence[RunConfig],
                      extra: dict[str, Any] | None = None) -> None:
-    write_json_atomic(sdir / STUDY_FILE, {
-        "study": study,
-        "preset": preset,
-        "runs": [c.run_id for c in configs],
-        "rows": list(dict.fromkeys(c.row for c in configs)),
-        "seeds": sorted({c.seed for c in configs}),
-        **(extra or {}),
-    })
+    """Record the grid in ``study.json``. When the file already records a grid of the same study,
+    preset and call settings (``extra``: overrides, profile file, study file) — an earlier call
+    with other ``--rows`` or ``--seeds`` — its runs stay listed before the new ones, so the
+    tables cover every run made with those settings; otherwise the new grid replaces it."""
+    path = sdir / STUDY_FILE
+    info = {"study": study, "preset": preset, **(extra or {})}
+    runs, rows, seeds = [], [], []
+    if path.exists():
+        old = read_study_file(sdir)
+        if all(old.get(k) == v for k, v in info.items()) and set(old) - {"runs", "rows", "seeds"} == set(info):
+            runs, rows, seeds = list(old["runs"]), list(old.get("rows", [])), list(old.get("seeds", []))
+    runs += [c.run_id for c in configs if c.run_id not in runs]
+    rows += [r for r in dict.fromkeys(c.row for c in configs) if r not in rows]
+    write_json_atomic(path, {**info, "runs": runs, "rows": rows, "seeds": sorted({*seeds, *(c.seed for c in configs)})})
 
 
 def read_study_file(sdir: str | os.PathLike) -> dict[str, Any]:

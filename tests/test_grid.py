@@ -120,3 +120,20 @@ def test_a_run_in_a_fresh_process_starts_from_the_same_weights(tmp_path):
     assert here["status"] == "finished"
     for key in ("val_loss", "w_iz_norm", "w_hz_norm"):
         assert first[0][key] == first[1][key], key
+
+
+def test_calls_with_other_rows_add_to_the_study_and_other_settings_replace_it(tmp_path):
+    sdir = tmp_path / "study"
+    extra = {"overrides": ["epochs=1"]}
+    for rows in (["baseline"], ["ablated"], ["baseline"]):
+        configs = scifar_runs("smoke", rows=rows, overrides=["epochs=1"])
+        grid.run_grid(configs, sdir, study="scifar-bias", preset="smoke", extra=extra)
+    info = grid.read_study_file(sdir)
+    assert info["runs"] == ["baseline-s0", "ablated-s0"] and info["rows"] == ["baseline", "ablated"]
+    assert [r["row"] for r in grid.results_table(sdir)] == ["baseline", "ablated"]
+    configs = scifar_runs("smoke", seeds=2, rows=["ablated"], overrides=["epochs=1"])
+    grid.run_grid(configs, sdir, study="scifar-bias", preset="smoke", extra=extra)
+    assert grid.read_study_file(sdir)["seeds"] == [0, 1]
+    other = scifar_runs("smoke", rows=["chrono"], overrides=["epochs=1", "lr=0.01"])
+    grid.run_grid(other, sdir, study="scifar-bias", preset="smoke", extra={"overrides": ["epochs=1", "lr=0.01"]})
+    assert grid.read_study_file(sdir)["runs"] == ["chrono-s0"]  # other settings: a new grid
