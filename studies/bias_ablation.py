@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gates import build_layer
+from gates import get_mechanism
 from soensim import HardwareProfile
 
 from . import ablation_pairs, cifar, data, grid, plots
@@ -129,9 +129,9 @@ def matched_hidden(gate: str, base: dict[str, Any]) -> int:
     """The largest hidden size at which the GRU with ``gate`` (and the preset's head) has at most
     the parameters of the standard GRU at ``base["hidden"]``: refine gates add a fourth block,
     so equal H is not an equal budget."""
-    def count(g: str, h: int) -> int:
-        rnn = build_layer("gru", base["channels"], h, gate=g)
-        return sum(p.numel() for p in rnn.parameters()) + h * NUM_CLASSES + NUM_CLASSES
+    def count(g: str, h: int) -> int:  # one biased GRU layer (W_ih, W_hh, b_ih, b_hh) and the linear head
+        rows = sum(get_mechanism(g, "gru").block_rows(h).values())
+        return rows * (base["channels"] + h + 2) + h * NUM_CLASSES + NUM_CLASSES
     target = count("-", base["hidden"])
     h = base["hidden"]
     while h > 1 and count(gate, h) > target:

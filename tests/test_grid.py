@@ -137,3 +137,13 @@ def test_calls_with_other_rows_add_to_the_study_and_other_settings_replace_it(tm
     other = scifar_runs("smoke", rows=["chrono"], overrides=["epochs=1", "lr=0.01"])
     grid.run_grid(other, sdir, study="scifar-bias", preset="smoke", extra={"overrides": ["epochs=1", "lr=0.01"]})
     assert grid.read_study_file(sdir)["runs"] == ["chrono-s0"]  # other settings: a new grid
+
+
+def test_importing_the_studies_draws_no_random_numbers():
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.manual_seed(0); before = torch.get_rng_state().clone(); "
+            "import studies.bias_ablation, studies.gate_ablation, studies.sst_lowdata, studies.transfer_study; "
+            "assert torch.equal(before, torch.get_rng_state()), 'an import drew random numbers'")
+    subprocess.run([sys.executable, "-c", code], check=True)
