@@ -9,7 +9,7 @@ from torch.nn.utils import parametrize
 
 import gates
 from soensim.constraints import RULES, FrozenRows, check, constrain, unconstrain
-from soensim.layouts import Cell, Layout, Param, find_layers, owner, tensor
+from soensim.layouts import find_layers, owner, tensor
 from soensim.profiles import HardwareProfile
 from soensim.soen_layer import SOENLayer
 
@@ -17,20 +17,8 @@ DENDRITE = HardwareProfile.preset("soen-dendrite")  # flux budget from the flux 
 SOEN_DT = 2e-9  # τ/dt from 5 to 500 steps
 
 
-class _SOENWithLayout(SOENLayer):
-    """SOENLayer with the agreed layout, for as long as SOENLayer does not declare its own."""
-
-    def layout(self):
-        n = self.hidden_size
-        return Layout("soen", n, {}, (Cell(0, 0, "", "cell.J_in", "cell.J"),),
-                      (Param("cell.J_in", "weights", "input"), Param("cell.J", "weights", "recurrent"),
-                       Param("cell.phi_offset", "flux_offset", "unit"), Param("cell.i_b", "bias_current", "unit")),
-                      leaky=False)
-
-
 def soen_layer(i, n, seed=0):
-    cls = SOENLayer if callable(getattr(SOENLayer, "layout", None)) else _SOENWithLayout
-    layer = cls(i, n, DENDRITE.replace(flux_budget=None), dt=SOEN_DT, seed=seed, input_scale=3.0,
+    layer = SOENLayer(i, n, DENDRITE.replace(flux_budget=None), dt=SOEN_DT, seed=seed, input_scale=3.0,
                 recurrent_scale=1.0)
     unconstrain(layer)  # whatever the layer applied itself: the test applies the profile under test
     return layer
