@@ -93,7 +93,7 @@ class _Member:
             err, t0 = self.diverged
             self.diverged = None
             with self.own():
-                self.trainer._diverged(err, t0)
+                self.trainer.record_divergence(err, t0)
 
     def _leave(self) -> None:
         self.in_pack = False
@@ -143,7 +143,7 @@ def _train_epoch(members: list[_Member], index: int) -> None:
                 m.batch = None
                 with m.own(t0):
                     batch = m.epoch.next_batch()
-                    m.batch = None if batch is None else m.trainer._begin_step(*batch)
+                    m.batch = None if batch is None else m.trainer.begin_step(*batch)
             stepping = [m for m in stepping if m.in_pack and m.batch is not None]
             if not stepping:
                 break
@@ -154,7 +154,7 @@ def _train_epoch(members: list[_Member], index: int) -> None:
                 break
             for m, out in zip(stepping, outs, strict=True):
                 with m.own(t0):
-                    loss, m.loss_v = m.trainer._loss(out, m.batch[1])
+                    loss, m.loss_v = m.trainer.step_loss(out, m.batch[1])
                     losses.append(loss)
                     m.out = out.detach()
             stepping = [m for m in stepping if m.in_pack]
@@ -163,7 +163,7 @@ def _train_epoch(members: list[_Member], index: int) -> None:
                     torch.stack(losses).sum().backward()  # the runs share no parameter: each gets its own gradient
             for m in stepping:
                 with m.own(t0):
-                    m.epoch.record(m.loss_v, m.trainer._update(), m.out, m.batch[1])
+                    m.epoch.record(m.loss_v, m.trainer.apply_gradients(), m.out, m.batch[1])
             for m in members:
                 m.settle()
             stepping = [m for m in stepping if m.in_pack]
@@ -177,7 +177,7 @@ def _train_epoch(members: list[_Member], index: int) -> None:
         if m.in_pack:
             with m.own():
                 m.epoch.close()
-                m.trainer._end_epoch(m.epoch.stats(), time.perf_counter() - trained_s)  # elapsed: shared training + own evaluation
+                m.trainer.end_epoch(m.epoch.stats(), time.perf_counter() - trained_s)  # elapsed: shared training + own evaluation
 
 
 def fit_pack(trainers: Sequence[Trainer], resume: bool = True) -> list[dict[str, Any]]:
@@ -192,7 +192,7 @@ def fit_pack(trainers: Sequence[Trainer], resume: bool = True) -> list[dict[str,
         stack.enter_context(torch_threads(trainers[0].cfg.threads))
         for m in members:
             with m.own():
-                m.trainer._start(resume)
+                m.trainer.start(resume)
         index = 0
         while True:
             active = [m for m in members if m.in_pack and m.trainer.wants_epoch()]
@@ -204,8 +204,8 @@ def fit_pack(trainers: Sequence[Trainer], resume: bool = True) -> list[dict[str,
         for m in members:
             if m.failure is None:
                 with m.own():
-                    m.trainer._train_on()  # a member that left the pack (rolled back) goes on alone
-                    out.append(m.trainer._finish())
+                    m.trainer.train_remaining()  # a member that left the pack (rolled back) goes on alone
+                    out.append(m.trainer.finish())
             if m.failure is not None:
                 out.append(m.failure)
         return out

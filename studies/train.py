@@ -100,6 +100,12 @@ class Trainer:
     propagates (tests use this to simulate a kill). The model may define
     ``diagnostics() -> dict[str, float]`` (e.g. the W_hz norm) and
     ``gate_statistics(x) -> dict[str, list[float]]``; both are logged at epoch ends.
+
+    :meth:`fit` is :meth:`start`, :meth:`train_remaining`, :meth:`finish`. A driver that trains
+    several runs in lockstep (:mod:`studies.packed`) calls the phases itself: per epoch an
+    :class:`Epoch`; per step :meth:`begin_step`, its own forward pass, :meth:`step_loss`,
+    backward, :meth:`apply_gradients` and ``Epoch.record``; then :meth:`end_epoch`; a
+    :class:`~studies.monitor.Diverged` from a step goes to :meth:`record_divergence`.
     """
 
     def __init__(self, cfg: RunConfig, model: nn.Module, data: TaskData, run_dir: str | os.PathLike,
@@ -206,19 +212,18 @@ class Trainer:
         return ref if ref is not None else self.initial_loss
 
     def _train_step(self, x: Tensor, y: Tensor) -> tuple[float, float, Tensor]:
-        x, y = self._begin_step(x, y)
+        x, y = self.begin_step(x, y)
         out = self.model(x)
-        loss, loss_v = self._loss(out, y)
+        loss, loss_v = self.step_loss(out, y)
         loss.backward()
-        return loss_v, self._update(), out.detach()
+        return loss_v, self.apply_gradients(), out.detach()
 
-    # The phases of one step, shared with a pack of runs trained as one batched model (studies.packed).
-    def _begin_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def begin_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The batch on the device, the gradients cleared."""
         self.optimizer.zero_grad(set_to_none=True)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def _loss(self, out: Tensor, y: Tensor) -> tuple[Tensor, float]:
+    def step_loss(self, out: Tensor, y: Tensor) -> tuple[Tensor, float]:
         """The loss of the model's output ``out`` and its value; :class:`Diverged` when it explodes."""
         loss = self.objective.loss(out, y)
         loss_v = float(loss.detach())
@@ -227,7 +232,7 @@ class Trainer:
             raise Diverged(f"{why} at step {self.step + 1}")
         return loss, loss_v
 
-    def _update(self) -> float:
+    def apply_gradients(self) -> float:
         """Clip, step the optimizer and the per-step schedule after ``backward``; the gradient norm.
         :class:`Diverged` on a non-finite gradient norm or parameter."""
         cfg, n = self.cfg, self.step + 1
@@ -255,7 +260,7 @@ class Trainer:
             epoch.close()
         return epoch.stats()
 
-    def _end_epoch(self, train_stats: dict[str, Any], t0: float) -> None:
+    def end_epoch(self, train_stats: dict[str, Any], t0: float) -> None:
         """Evaluate, log the epoch record and gate statistics, checkpoint. Epoch 0 (no
         ``train_stats``) records the initial model, so curves start before training."""
         if train_stats:
@@ -315,11 +320,11 @@ class Trainer:
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
-        self._start(resume)
-        self._train_on()
-        return self._finish()
+        self.start(resume)
+        self.train_remaining()
+        return self.finish()
 
-    def _start(self, resume: bool) -> None:
+    def start(self, resume: bool) -> None:
         """Load the checkpoint (``resume``) or start fresh and record the initial model."""
         cfg = self.cfg
         if resume and self.dir.has_checkpoint():
@@ -330,7 +335,7 @@ class Trainer:
         else:
             self.dir.start_fresh(cfg)
             torch.manual_seed(cfg.seed)
-            self._end_epoch({}, time.perf_counter())
+            self.end_epoch({}, time.perf_counter())
         self.model.train()
 
     def wants_epoch(self) -> bool:
@@ -339,18 +344,18 @@ class Trainer:
         return (self.status == "running" and self.epoch < cfg.epochs
                 and not (cfg.max_steps is not None and self.step >= cfg.max_steps))
 
-    def _train_on(self) -> None:
+    def train_remaining(self) -> None:
         """Train epoch by epoch until :meth:`wants_epoch` is false."""
         while self.wants_epoch():
             t0 = time.perf_counter()
             try:
                 stats = self._run_epoch()
             except Diverged as err:
-                self._diverged(err, t0)
+                self.record_divergence(err, t0)
                 continue
-            self._end_epoch(stats, t0)
+            self.end_epoch(stats, t0)
 
-    def _diverged(self, err: Diverged, t0: float) -> None:
+    def record_divergence(self, err: Diverged, t0: float) -> None:
         """Record a divergence in the epoch begun at ``t0``: roll back, or stop the run (status "diverged")."""
         self.nonfinite += 1
         self.event("nonfinite", reason=str(err), policy=self.cfg.nonfinite_policy)
@@ -359,7 +364,8 @@ class Trainer:
             self.status, self.reason = "diverged", str(err)
             self.event("stop", reason=self.reason)
 
-    def _finish(self) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
+        """Mark a run that did not stop early as finished; write and return its summary."""
         if self.status == "running":
             self.status = "finished"
         return self.write_summary()

@@ -19,13 +19,7 @@ triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: conftest sets TRITON_INTERPRET=1
 T, B, I, H = 5, 2, 3, 16
 
-
-@pytest.fixture(autouse=True)
-def _exact_float32():
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(before)
+pytestmark = pytest.mark.usefixtures("exact_float32")
 
 
 def layers(cls, gates, **kw):

@@ -43,13 +43,7 @@ CORES = ("gru", "lstm")
 cuda = pytest.mark.skipif(not ON_CUDA, reason="needs a CUDA device (kernels run under the interpreter here)")
 
 
-@pytest.fixture(autouse=True)
-def _exact_float32():
-    """Exact float32 products for the reference comparisons (tests that want TF32 set it themselves)."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(before)
+pytestmark = pytest.mark.usefixtures("exact_float32")
 
 
 # --------------------------------------------------------------------------- helpers
