@@ -354,14 +354,14 @@ def test_6_unwritable_places_are_one_line_errors(tmp_path, capsys, monkeypatch):
 
 
 def test_6_ctrl_c_says_how_to_resume_and_debug_shows_tracebacks(tmp_path, capsys, monkeypatch):
-    real_end = Trainer._end_epoch
+    real_end = Trainer.end_epoch
 
     def interrupt_after_epoch_1(self, stats, t0):
         real_end(self, stats, t0)
         if self.epoch == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Trainer, "_end_epoch", interrupt_after_epoch_1)
+    monkeypatch.setattr(Trainer, "end_epoch", interrupt_after_epoch_1)
     assert main([*SMOKE, "--out", str(tmp_path)]) == 130
     assert "interrupted; checkpoints are kept: run the same command again" in one_line_error(capsys.readouterr().err)
     monkeypatch.undo()
