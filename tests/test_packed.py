@@ -129,3 +129,16 @@ def test_a_failing_batched_step_is_recorded_for_every_run_of_the_pack(tmp_path, 
     assert [s["status"] for s in out] == ["error", "error"]
     assert all("kernel launch failed" in s["error"] for s in out)
     assert (tmp_path / "s" / "runs" / "ablated-s0" / grid.ERROR_FILE).exists()
+
+
+def test_the_cli_runs_a_study_with_the_batched_launcher(tmp_path, capsys):
+    from studies.cli import main
+
+    args = ["run", "scifar-bias", "--preset", "smoke", "--out", str(tmp_path), "--rows", "baseline,ablated",
+            "--set", "epochs=1", "--launcher", "batched"]
+    assert main(args) == 0
+    assert "2/2 runs finished" in capsys.readouterr().err
+    assert (tmp_path / "scifar-bias" / "smoke" / "results.md").exists()
+    args[args.index("--out") + 1] = str(tmp_path / "other")
+    assert main([*args, "--workers", "2"]) == 2  # one clear line, exit code 2
+    assert "launcher 'batched'" in capsys.readouterr().err
