@@ -55,9 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .driven import Discretization, DrivenSystem
+from .driven import Discretization, DrivenSystem, noise_draws
 from .leaky import leaky_step, leaky_vector_field
-from .nonideal import noise_draws
 from .solvers import get_solver, simulate
 
 #: Kernel modes (gates.kernels) that are a per-unit leaky integration → their row blocks, in kernel order.

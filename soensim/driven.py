@@ -129,4 +129,24 @@ class FixedTau:
         return self.log_tau.exp()
 
 
-__all__ = ["Discretization", "DrivenSystem", "FixedTau", "per_unit"]
+#: Offset between the flux-noise and state-noise seeds of one target.
+STATE_NOISE_STREAM = 7_919
+
+
+def noise_draws(flux_sigma: float, state_sigma: float, seed: int, flux_shape: tuple[int, ...],
+                state_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
+                ) -> tuple[Tensor | None, Tensor | None]:
+    """The per-step noise a target adds during a run: Gaussian flux noise of std ``flux_sigma``
+    (shape ``flux_shape``, e.g. ``(T, B, pre-activations)``) and state noise of std ``state_sigma``
+    (``state_shape``, ``(T, B, N)``); None where the std is 0. Each comes from its own generator
+    seeded from ``seed`` (the target's ``noise_seed``), so a noisy evaluation is reproducible."""
+    def draw(sigma: float, shape: tuple[int, ...], stream: int) -> Tensor | None:
+        if sigma <= 0:
+            return None
+        gen = torch.Generator(device=device).manual_seed(int(seed) + stream)
+        return sigma * torch.randn(shape, generator=gen, dtype=dtype, device=device)
+
+    return draw(flux_sigma, flux_shape, 0), draw(state_sigma, state_shape, STATE_NOISE_STREAM)
+
+
+__all__ = ["Discretization", "DrivenSystem", "FixedTau", "STATE_NOISE_STREAM", "noise_draws", "per_unit"]

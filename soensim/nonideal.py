@@ -46,7 +46,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .constraints import FrozenRows, quantize
+from .driven import noise_draws
 from .layouts import owner, tensor
+from .transfer import transfer_model
 
 #: Smallest factor ``1 + σ·ε`` a time constant may be scaled by (τ must stay > 0).
 MIN_TAU_FACTOR = 0.01
@@ -71,8 +73,6 @@ def prepare(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with at least one target (a discrete GRU model is transferred at dt = 1)."""
     if targets(model):
         return copy.deepcopy(model)
-    from .transfer import transfer_model
-
     try:
         return transfer_model(model, 1.0)
     except ValueError as err:
@@ -98,26 +98,6 @@ def set_weight(m: nn.Module, path: str, value: Tensor) -> None:
                 module, name, FrozenRows(torch.ones(value.shape, dtype=torch.bool, device=value.device), value.clone()))
         else:
             getattr(module, name).copy_(value)
-
-
-#: Offset between the flux-noise and state-noise seeds of one target.
-STATE_NOISE_STREAM = 7_919
-
-
-def noise_draws(flux_sigma: float, state_sigma: float, seed: int, flux_shape: tuple[int, ...],
-                state_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
-                ) -> tuple[Tensor | None, Tensor | None]:
-    """The per-step noise a target adds during a run: Gaussian flux noise of std ``flux_sigma``
-    (shape ``flux_shape``, e.g. ``(T, B, pre-activations)``) and state noise of std ``state_sigma``
-    (``state_shape``, ``(T, B, N)``); None where the std is 0. Each comes from its own generator
-    seeded from ``seed`` (the target's ``noise_seed``), so a noisy evaluation is reproducible."""
-    def draw(sigma: float, shape: tuple[int, ...], stream: int) -> Tensor | None:
-        if sigma <= 0:
-            return None
-        gen = torch.Generator(device=device).manual_seed(int(seed) + stream)
-        return sigma * torch.randn(shape, generator=gen, dtype=dtype, device=device)
-
-    return draw(flux_sigma, flux_shape, 0), draw(state_sigma, state_shape, STATE_NOISE_STREAM)
 
 
 def weights(m: nn.Module) -> dict[str, Tensor]:

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 
 from .constraints import constrain, excitatory_flux
 from .dendrite import SOENDendrite
+from .driven import noise_draws
 from .layouts import Cell, Layout, Param, tensor
-from .nonideal import noise_draws
 from .profiles import HardwareProfile
 from .solvers import simulate as _simulate
 from .source import SOURCE_FIT, source_threshold

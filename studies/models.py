@@ -15,7 +15,7 @@ mechanism), read through its :func:`soensim.layout`; frozen biases come from
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,10 +27,8 @@ from soensim import HardwareProfile
 from soensim.constraints import ConstraintReport, constrain, freeze_biases
 from soensim.layouts import layout, tensor
 
+from .config import RunConfig
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .train import RunConfig
 
 
 # --------------------------------------------------------------------------- model
