@@ -54,7 +54,8 @@ def pack_key(trainer: Trainer) -> tuple | None:
 
 
 class _Member:
-    """One run in a pack: its trainer, its own global-RNG state, the epoch under way."""
+    """One run in a pack: its trainer, its own state of torch's global CPU generator (nothing in
+    a pack's models draws on CUDA), the epoch under way."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -135,7 +136,7 @@ def _train_epoch(members: list[_Member], index: int) -> None:
             m.epoch = Epoch(m.trainer, progress=False)
     lead = members[0].trainer
     bar = progress_bar(lead.data.train.num_batches(lead.cfg.batch_size),
-                    f"pack of {len(members)} ({lead.cfg.run_id}, …) ep {index}", lead.cfg.progress)
+                       f"pack of {len(members)} ({lead.cfg.run_id}, …) ep {index}", lead.cfg.progress)
     stepping = [m for m in members if m.in_pack]
     try:
         while stepping:
