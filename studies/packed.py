@@ -18,7 +18,8 @@ pack while they have epochs left; a run whose model cannot run batched, or that 
 of its shape, trains alone. Failures are recorded per run as with the other launchers.
 
 Every job of the grid is built (model and data) before training starts, and the packs
-train one after another in this process.
+train one after another in this process. A packed run's ``elapsed_s`` is the pack's
+training time plus the run's own evaluation time.
 """
 from __future__ import annotations
 
