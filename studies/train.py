@@ -416,14 +416,15 @@ class Epoch:
         self.trainer = trainer
         self.batches = iter(trainer.data.train.batches(cfg.batch_size, trainer.shuffle_gen))
         self.bar = progress_bar(trainer.data.train.num_batches(cfg.batch_size),
-                             f"{cfg.run_id} ep {trainer.epoch + 1}/{cfg.epochs}", progress)
+                                f"{cfg.run_id} ep {trainer.epoch + 1}/{cfg.epochs}", progress)
         self.loss_sum, self.metric_sum, self.count, self.seen, self.spikes = 0.0, 0.0, 0, 0, 0
+        self.lr = trainer.optimizer.param_groups[0]["lr"]  # the rate of the coming step (a step schedule moves it)
 
     def next_batch(self) -> tuple[Tensor, Tensor] | None:
         t = self.trainer
         if t.cfg.max_steps is not None and t.step >= t.cfg.max_steps:
             return None
-        self.lr = t.optimizer.param_groups[0]["lr"]  # the rate the coming step uses (a step schedule moves it)
+        self.lr = t.optimizer.param_groups[0]["lr"]
         return next(self.batches, None)
 
     def record(self, loss_v: float, gnorm: float, out: Tensor, y: Tensor) -> None:
