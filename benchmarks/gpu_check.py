@@ -8,7 +8,8 @@ Runs in at most ~8 minutes on one H200 and needs no network::
 
 Sections (each recorded in ``gpu_check.json`` and ``gpu_check.md`` under ``--out``):
 
-1. ``tests``: ``pytest -m cuda tests/test_triton.py`` in a subprocess (TF32/bf16 tolerances on the device).
+1. ``tests``: ``pytest -m cuda`` over tests/test_triton.py, test_batched.py and test_packed.py in a subprocess
+   (TF32/bf16 tolerances of the kernels, batched layers and a pack against its runs alone, on the device).
 2. ``timings``: one training step of one layer — the input projection GEMM, the recurrence, backward from
    ``out.sum()`` — for every kernel mode on both cores (each gate runs its mode's kernel; the gates per
    mode are listed), against ``torch.nn.GRU``/``torch.nn.LSTM`` (cuDNN), at B 50 T 1024 H 181 and
@@ -73,8 +74,10 @@ class Clock:
 
 # --------------------------------------------------------------------------- 1. tests
 def run_cuda_tests(timeout_s: float) -> dict:
-    """``pytest -m cuda tests/test_triton.py`` in a subprocess; counts from its summary line."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_triton.py"]
+    """The tests marked ``cuda`` (kernels, batched layers, a pack against its runs alone) in a subprocess;
+    counts from its summary line."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_triton.py",
+           "tests/test_batched.py", "tests/test_packed.py"]
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(timeout_s, 10))

@@ -19,7 +19,7 @@ triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: conftest sets TRITON_INTERPRET=1
 T, B, I, H = 5, 2, 3, 16
 
-pytestmark = pytest.mark.usefixtures("exact_float32")
+pytestmark = [pytest.mark.usefixtures("exact_float32"), pytest.mark.cuda]  # on a GPU machine: on the device
 
 
 def layers(cls, gates, **kw):

@@ -142,3 +142,17 @@ def test_the_cli_runs_a_study_with_the_batched_launcher(tmp_path, capsys):
     args[args.index("--out") + 1] = str(tmp_path / "other")
     assert main([*args, "--workers", "2"]) == 2  # one clear line, exit code 2
     assert "launcher 'batched'" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_pack_on_cuda_matches_the_runs_alone_to_float_tolerance(tmp_path):
+    """On CUDA a pack runs Triton (also for gate '-', which trains alone on cuDNN): same runs to float tolerance."""
+    cfgs = configs(["baseline", "ablated", "ablated-hw"], overrides=["device=cuda"])
+    alone = grid.run_grid(cfgs, tmp_path / "alone", launcher="local", study="scifar-bias")
+    together = grid.run_grid(cfgs, tmp_path / "pack", launcher="batched", study="scifar-bias")
+    assert [s["status"] for s in together] == ["finished"] * 3
+    for a, b in zip(alone, together, strict=True):
+        assert b["device"].startswith("cuda")
+        assert b["final"]["train_loss"] == pytest.approx(a["final"]["train_loss"], rel=1e-2)
+        assert b["final"]["val_loss"] == pytest.approx(a["final"]["val_loss"], rel=1e-2)
