@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help=f"dataset folder (default: ${DATA_ENV})")
     r.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds 0..N-1 (default: the preset's)")
     r.add_argument("--rows", default=None, help="comma-separated subset of the preset's rows")
-    r.add_argument("--launcher", default="local", choices=sorted(grid.LAUNCHERS))
+    r.add_argument("--launcher", default="local", choices=sorted(grid.LAUNCHERS),
+                   help="local: one run after another; process/ray: runs in parallel; batched: the runs of one "
+                        "layer shape and gate mode as one batched model (one Triton launch per step on a GPU)")
     r.add_argument("--workers", type=_positive_int, default=1, help="parallel runs for the process/ray launchers")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a RunConfig field for every run (repeatable)")
