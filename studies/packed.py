@@ -4,10 +4,10 @@ A *pack* is a set of runs whose recurrent layers have one :func:`gates.batched.b
 (core, kernel mode, sizes, device, dtype) and whose training steps see batches of one shape
 (batch size, examples per epoch, sequence shape). Each run keeps everything of its own —
 model, constraints, optimizer, schedule, data order, random state, run directory,
-checkpoints, logs — and only the recurrence of each training step runs once for the whole
-pack (:func:`gates.batched.forward_models`: one Triton launch on CUDA for M models). The
-study's rows (frozen biases, profiles, gate initialisations of one kernel mode) and seeds
-pack together; evaluation stays per run.
+checkpoints, logs — and only the recurrence of each training and evaluation step runs once
+for the whole pack (:func:`gates.batched.forward_models`: one Triton launch on CUDA for M
+models). The study's rows (frozen biases, profiles, gate initialisations of one kernel
+mode) and seeds pack together.
 
 Every run directory ends as that run trained alone would leave it: bit for bit on the CPU
 (the models run one after another through the same kernel, so a pack is a test of the
@@ -19,7 +19,8 @@ of its shape, trains alone. Failures are recorded per run as with the other laun
 
 Every job of the grid is built (model and data) before training starts, and the packs
 train one after another in this process. A packed run's ``elapsed_s`` is the pack's
-training time plus the run's own evaluation time.
+training and evaluation time plus the run's own end-of-epoch work (gate statistics,
+checkpoint).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from .config import RunConfig
 from .errors import ENVIRONMENT_ERRORS, ConfigError
 from .monitor import Diverged
 from .rundir import RunDir
+from .taskdata import Scores
 from .train import Epoch, Trainer, prepare, progress_bar, torch_threads
 
 Job = tuple[RunConfig, Path]
@@ -51,7 +53,8 @@ def pack_key(trainer: Trainer) -> tuple | None:
     if sig is None or not callable(getattr(model, "read", None)):
         return None
     train = trainer.data.train
-    return (sig, cfg.batch_size, len(train), train.num_batches(cfg.batch_size), cfg.device)
+    evals = tuple((name, len(split)) for name, split in trainer.eval_splits())
+    return (sig, cfg.batch_size, len(train), train.num_batches(cfg.batch_size), evals, cfg.eval_batch_size, cfg.device)
 
 
 class _Member:
@@ -117,14 +120,39 @@ def _shared(members: list[_Member]) -> Iterator[None]:
                 m.failure = m.trainer.dir.record_failure(m.trainer.cfg, err)
 
 
-def _outputs(members: list[_Member]) -> list[Tensor]:
-    """Each member's model output on its batch, the recurrences in one batched call."""
-    models = [m.trainer.model for m in members]
-    xs = [m.batch[0] for m in members]
-    if len(members) == 1 or len({tuple(x.shape) for x in xs}) > 1:
+def _outputs(models: list[Any], xs: list[Tensor]) -> list[Tensor]:
+    """Each model's output on its input, the recurrences in one batched call."""
+    if len(models) == 1 or len({tuple(x.shape) for x in xs}) > 1:
         return [model(x) for model, x in zip(models, xs, strict=True)]
     results = forward_models([model.rnn for model in models], xs)
     return [model.read(y) for model, (y, _) in zip(models, results, strict=True)]
+
+
+@torch.no_grad()
+def _evaluate(members: list[_Member]) -> list[dict[str, float]]:
+    """Each member's ``val_*``/``test_*`` scores (as :meth:`Trainer.evaluate` gives them), the
+    models run in lockstep over their splits (one shape: :func:`pack_key`)."""
+    trainers = [m.trainer for m in members]
+    models = [t.model for t in trainers]
+    out: list[dict[str, float]] = [{} for _ in members]
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        for k, (name, _) in enumerate(trainers[0].eval_splits()):
+            scores = [Scores(t.objective) for t in trainers]
+            batches = zip(*(t.eval_splits()[k][1].batches(t.cfg.eval_batch_size) for t in trainers), strict=True)
+            for step in batches:
+                ys = [y.to(t.device) for t, (_, y) in zip(trainers, step, strict=True)]
+                outs = _outputs(models, [x.to(t.device) for t, (x, _) in zip(trainers, step, strict=True)])
+                for sc, o, y in zip(scores, outs, ys, strict=True):
+                    sc.add(o, y)
+            for record, sc in zip(out, scores, strict=True):
+                record.update({f"{name}_{key}": v for key, v in sc.result().items()})
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+    return out
 
 
 def _train_epoch(members: list[_Member], index: int) -> None:
@@ -151,7 +179,7 @@ def _train_epoch(members: list[_Member], index: int) -> None:
                 break
             outs, losses = [], []
             with _shared(stepping):
-                outs = _outputs(stepping)
+                outs = _outputs([m.trainer.model for m in stepping], [m.batch[0] for m in stepping])
             if not outs:  # the batched forward failed (recorded for every member)
                 break
             for m, out in zip(stepping, outs, strict=True):
@@ -174,12 +202,17 @@ def _train_epoch(members: list[_Member], index: int) -> None:
     finally:
         if bar is not None:
             bar.close()
-    trained_s = time.perf_counter() - t0
-    for m in members:
-        if m.in_pack:
-            with m.own():
-                m.epoch.close()
-                m.trainer.end_epoch(m.epoch.stats(), time.perf_counter() - trained_s)  # elapsed: shared training + own evaluation
+    done = [m for m in members if m.in_pack]
+    scores: list[dict[str, float]] = []
+    with _shared(done):
+        scores = _evaluate(done) if done else []
+    if not scores:  # every member left the pack, or the shared evaluation failed (recorded for each)
+        return
+    shared_s = time.perf_counter() - t0
+    for m, sc in zip(done, scores, strict=True):
+        with m.own():
+            m.epoch.close()
+            m.trainer.end_epoch(m.epoch.stats(), time.perf_counter() - shared_s, sc)  # elapsed: the pack's + own
 
 
 def fit_pack(trainers: Sequence[Trainer], resume: bool = True) -> list[dict[str, Any]]:

@@ -133,6 +133,23 @@ def get_objective(name: str) -> Objective:
     return OBJECTIVES[name]
 
 
+class Scores:
+    """Running loss and metric of one model over evaluation batches: ``add(out, y)`` per batch,
+    ``result()`` → ``{"loss": mean loss per example, metric: metric per scored element}``."""
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+        self.loss_sum, self.metric_sum, self.count, self.examples = 0.0, 0.0, 0, 0
+
+    def add(self, out: Tensor, y: Tensor) -> None:
+        self.loss_sum += float(self.objective.loss(out, y)) * len(y)
+        m, c = self.objective.metric_sum(out, y)
+        self.metric_sum, self.count, self.examples = self.metric_sum + m, self.count + c, self.examples + len(y)
+
+    def result(self) -> dict[str, float]:
+        return {"loss": self.loss_sum / self.examples, self.objective.metric: self.metric_sum / self.count}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: ArraySplit, objective: Objective, batch_size: int,
              device: torch.device | str = "cpu") -> dict[str, float]:
@@ -143,17 +160,14 @@ def evaluate(model: nn.Module, split: ArraySplit, objective: Objective, batch_si
         raise ValueError("cannot evaluate on an empty split")
     was_training = model.training
     model.eval()
-    loss_sum, metric_sum, count, examples = 0.0, 0.0, 0, 0
+    scores = Scores(objective)
     try:
         for x, y in split.batches(batch_size):
             x, y = x.to(device), y.to(device)
-            out = model(x)
-            loss_sum += float(objective.loss(out, y)) * len(x)
-            m, c = objective.metric_sum(out, y)
-            metric_sum, count, examples = metric_sum + m, count + c, examples + len(x)
+            scores.add(model(x), y)
     finally:
         model.train(was_training)
-    return {"loss": loss_sum / examples, objective.metric: metric_sum / count}
+    return scores.result()
 
 
-__all__ = ["ArraySplit", "OBJECTIVES", "Objective", "StreamSplit", "TaskData", "evaluate", "get_objective"]
+__all__ = ["ArraySplit", "OBJECTIVES", "Objective", "Scores", "StreamSplit", "TaskData", "evaluate", "get_objective"]

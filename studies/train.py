@@ -177,6 +177,11 @@ class Trainer:
         self.dir.append(EVENTS_FILE, {"event": kind, "step": self.step, "epoch": self.epoch, **fields})
 
     # ------------------------------------------------------------------ eval
+    def eval_splits(self) -> list[tuple[str, ArraySplit]]:
+        """The non-empty evaluation splits, named: ``("val", ...)``, ``("test", ...)``."""
+        return [(name, split) for name, split in (("val", self.data.val), ("test", self.data.test))
+                if split is not None and len(split)]
+
     def evaluate(self, split: ArraySplit | None) -> dict[str, float]:
         """Loss and metric on ``split`` (``{}`` for a missing or empty split)."""
         if split is None or len(split) == 0:
@@ -260,17 +265,19 @@ class Trainer:
             epoch.close()
         return epoch.stats()
 
-    def end_epoch(self, train_stats: dict[str, Any], t0: float) -> None:
+    def end_epoch(self, train_stats: dict[str, Any], t0: float, scores: Mapping[str, float] | None = None) -> None:
         """Evaluate, log the epoch record and gate statistics, checkpoint. Epoch 0 (no
-        ``train_stats``) records the initial model, so curves start before training."""
+        ``train_stats``) records the initial model, so curves start before training.
+        ``scores``: the ``val_*``/``test_*`` fields when they were computed elsewhere (a pack
+        evaluates its runs together); None evaluates here."""
         if train_stats:
             self.epoch += 1
             if self.scheduler.per == "epoch":
                 self.scheduler.step()
         record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **train_stats}
-        for name, split in (("val", self.data.val), ("test", self.data.test)):
-            for k, v in self.evaluate(split).items():
-                record[f"{name}_{k}"] = v
+        if scores is None:
+            scores = {f"{name}_{k}": v for name, split in self.eval_splits() for k, v in self.evaluate(split).items()}
+        record.update(scores)
         if not train_stats:
             self.initial_loss = record.get("val_loss", record.get("test_loss"))
         record["lr"] = self.optimizer.param_groups[0]["lr"]

@@ -121,7 +121,7 @@ def test_failures_are_recorded_per_run_and_workers_are_refused(tmp_path):
 
 
 def test_a_failing_batched_step_is_recorded_for_every_run_of_the_pack(tmp_path, monkeypatch):
-    def broken(members):
+    def broken(models, xs):
         raise RuntimeError("kernel launch failed")
 
     monkeypatch.setattr(packed, "_outputs", broken)
