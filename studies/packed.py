@@ -157,8 +157,8 @@ def _evaluate(members: list[_Member]) -> list[dict[str, float]]:
 
 def _train_epoch(members: list[_Member], index: int) -> None:
     """One epoch of every member in lockstep: a shared forward and backward per step, then
-    each member's own loss checks, clipping, optimizer step and logs; then each one's
-    end-of-epoch evaluation and checkpoint."""
+    each member's own loss checks, clipping, optimizer step and logs; then the members'
+    evaluation, in lockstep too, and each one's end of epoch (epoch record, checkpoint)."""
     t0 = time.perf_counter()
     for m in members:
         with m.own(t0):
