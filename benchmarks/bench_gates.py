@@ -42,7 +42,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from studies.files import write_text_atomic
 
 SHAPES: dict[str, dict[str, int]] = {
     "scifar": {"B": 50, "T": 1024, "H": 181, "I": 1},
@@ -277,21 +278,6 @@ def markdown(results: list[Result], header: str) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--level", choices=["kernel", "layer"], default="kernel")
@@ -352,7 +338,7 @@ def main(argv=None) -> int:
     table = markdown(results, header)
     print(table)
     if args.markdown:
-        write_atomic(args.markdown, table + "\n")
+        write_text_atomic(args.markdown, table + "\n")
     if args.json:
         payload = {
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -362,7 +348,7 @@ def main(argv=None) -> int:
             "wall_s": time.perf_counter() - t0,
             "results": [asdict(r) for r in results],
         }
-        write_atomic(args.json, json.dumps(payload, indent=2))
+        write_text_atomic(args.json, json.dumps(payload, indent=2))
     return 0
 
 

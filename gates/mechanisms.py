@@ -200,6 +200,11 @@ class Mechanism:
         return f"{self.activation}_candidate" if self.squared_candidate else self.activation
 
     @property
+    def squared_gates(self) -> bool:
+        """The [0, 1] gates are sigmoid² (SST, SSTN)."""
+        return self.activation == "sst"
+
+    @property
     def squared_candidate(self) -> bool:
         """The candidate is tanh·|tanh| (SSTN)."""
         return self.candidate_activation == "signed_squared_tanh"
@@ -251,11 +256,11 @@ class Mechanism:
         """Activation of the main decay gate (cumax along the last dim, sigmoid or sigmoid²)."""
         if self.activation == "cumax":
             return cumax(pre)
-        return squared_sigmoid(pre) if self.activation == "sst" else torch.sigmoid(pre)
+        return squared_sigmoid(pre) if self.squared_gates else torch.sigmoid(pre)
 
     def plain_gate(self, pre: Tensor) -> Tensor:
         """Activation of the other [0, 1] gates (reset, LSTM input and output): sigmoid, or sigmoid² for SST/SSTN."""
-        return squared_sigmoid(pre) if self.activation == "sst" else torch.sigmoid(pre)
+        return squared_sigmoid(pre) if self.squared_gates else torch.sigmoid(pre)
 
     def candidate(self, pre: Tensor) -> Tensor:
         """Candidate nonlinearity: tanh, or tanh·|tanh| for SSTN."""
@@ -278,7 +283,7 @@ class Mechanism:
         """
         self._require_leaky()
         z = torch.as_tensor(z, dtype=torch.float64) if not isinstance(z, Tensor) else z
-        out = {self.decay_block: torch.logit(z.sqrt() if self.activation == "sst" else z)}
+        out = {self.decay_block: torch.logit(z.sqrt() if self.squared_gates else z)}
         if self.refine:
             out[self.refine_block] = torch.zeros_like(z)  # type: ignore[index]
         return out
@@ -289,7 +294,7 @@ class Mechanism:
         √z = exp(-dt/(2 tau))."""
         self._require_leaky()
         tau = torch.as_tensor(tau, dtype=torch.float64).double()
-        b = tau_to_bias(2 * tau if self.activation == "sst" else tau, dt)
+        b = tau_to_bias(2 * tau if self.squared_gates else tau, dt)
         out = {self.decay_block: b}
         if self.refine:
             out[self.refine_block] = torch.zeros_like(b)  # type: ignore[index]
@@ -300,7 +305,7 @@ class Mechanism:
         float64) of a unit whose decay bias is ``bias`` (refine bias 0 assumed)."""
         self._require_leaky()
         tau = bias_to_tau(torch.as_tensor(bias).double(), dt)
-        return tau / 2 if self.activation == "sst" else tau
+        return tau / 2 if self.squared_gates else tau
 
     def decay_for_bias(self, b: Tensor) -> Tensor:
         """Inverse of :meth:`bias_for_decay` on the decay block: the decay gate at rest for bias ``b``

@@ -70,10 +70,6 @@ def pairs(sdir: str | os.PathLike) -> list[dict[str, Any]]:
     return sorted(out, key=lambda p: (p["key"], p["pair"]))
 
 
-def _cell(mean: float, half: float) -> str:
-    return f"{mean:.4f} ± {half:.3f}" if math.isfinite(half) else f"{mean:.4f}"
-
-
 def pair_table(found: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`pairs`' result (empty string when there is none)."""
     if not found:
@@ -82,9 +78,9 @@ def pair_table(found: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for p in found:
         (bm, bh, bn), (am, ah, an), (gm, gh) = p["baseline"], p["ablated"], p["gap"]
-        pval = f"{p['p']:.3g}" if math.isfinite(p["p"]) else "–"
-        lines.append(f"| {p['pair']} / {p['ablated_row']} | {p['limit']} | {_cell(bm, bh)} | {_cell(am, ah)} | "
-                     f"{gm:+.4f}" + (f" ± {gh:.3f}" if math.isfinite(gh) else "") + f" | {pval} | {bn}/{an} |")
+        lines.append(f"| {p['pair']} / {p['ablated_row']} | {p['limit']} | {grid.ci_cell(bm, bh)} | "
+                     f"{grid.ci_cell(am, ah)} | {gm:+.4f}" + (f" ± {gh:.3f}" if math.isfinite(gh) else "")
+                     + f" | {grid.p_cell(p['p'])} | {bn}/{an} |")
     return "\n".join(lines) + "\n"
 
 

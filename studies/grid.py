@@ -424,6 +424,17 @@ def format_value(v: Any, std: Any = None, digits: int = 4) -> str:
     return "" if v is None else str(v)
 
 
+def ci_cell(mean: float, half: float) -> str:
+    """A mean with the half-width of its 95 % interval, ``0.4870 ± 0.007``; the mean alone when the
+    interval is undefined (one seed)."""
+    return f"{mean:.4f} ± {half:.3f}" if math.isfinite(half) else f"{mean:.4f}"
+
+
+def p_cell(p: float) -> str:
+    """A p-value to 3 significant digits; – when undefined."""
+    return f"{p:.3g}" if math.isfinite(p) else "–"
+
+
 def markdown_cell(text: str) -> str:
     """``text`` safe inside a markdown table row (``|`` escaped, on one line)."""
     return text.replace("|", "\\|").replace("\n", " ")
@@ -468,7 +479,7 @@ def write_results(sdir: str | os.PathLike) -> tuple[Path, Path]:
     return md_path, csv_path
 
 
-__all__ = ["ENVIRONMENT_ERRORS", "ERROR_FILE", "LAUNCHERS", "check_unique", "collect", "format_value", "get_launcher",
-           "is_finished", "load_summaries", "make_grid", "markdown_cell", "preset_functions", "preset_grid",
+__all__ = ["ENVIRONMENT_ERRORS", "ERROR_FILE", "LAUNCHERS", "check_unique", "ci_cell", "collect", "format_value", "get_launcher",
+           "is_finished", "load_summaries", "make_grid", "markdown_cell", "p_cell", "preset_functions", "preset_grid",
            "read_study_file", "results_table", "run_dir", "run_grid", "study_dir", "study_lock", "summary_values",
            "write_study_file"]

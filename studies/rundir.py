@@ -205,12 +205,9 @@ class RunDir:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_json_atomic(self.path / SUMMARY_FILE, summary)
 
-    def write_error(self, text: str) -> None:
-        write_text_atomic(self.path / ERROR_FILE, text)
-
     def record_failure(self, cfg: RunConfig, err: BaseException) -> dict[str, Any]:
         """Write ``err``'s traceback to error.txt; the run's summary with status "error"."""
-        self.write_error("".join(traceback.format_exception(err)))
+        write_text_atomic(self.path / ERROR_FILE, "".join(traceback.format_exception(err)))
         return {"run_id": cfg.run_id, "row": cfg.row, "seed": cfg.seed, "status": "error",
                 "error": f"{type(err).__name__}: {err}"}
 

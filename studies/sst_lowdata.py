@@ -154,10 +154,8 @@ def table(accs: dict[str, dict[int, list[float]]]) -> str:
                 cells.append("–")
                 continue
             mean, half = mean_ci(vals)
-            cells.append(f"{mean:.4f} ± {half:.3f} ({len(vals)})" if math.isfinite(half) else f"{mean:.4f} ({len(vals)})")
-        for g in rivals:
-            p = welch_p(accs[g].get(size, []), accs["GRU"].get(size, []))
-            cells.append(f"{p:.3g}" if math.isfinite(p) else "–")
+            cells.append(f"{grid.ci_cell(mean, half)} ({len(vals)})")
+        cells += [grid.p_cell(welch_p(accs[g].get(size, []), accs["GRU"].get(size, []))) for g in rivals]
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -182,10 +182,8 @@ class Trainer:
         return [(name, split) for name, split in (("val", self.data.val), ("test", self.data.test))
                 if split is not None and len(split)]
 
-    def evaluate(self, split: ArraySplit | None) -> dict[str, float]:
-        """Loss and metric on ``split`` (``{}`` for a missing or empty split)."""
-        if split is None or len(split) == 0:
-            return {}
+    def evaluate(self, split: ArraySplit) -> dict[str, float]:
+        """Loss and metric on ``split`` (one of :meth:`eval_splits`)."""
         return evaluate(self.model, split, self.objective, self.cfg.eval_batch_size, self.device)
 
     def _diagnostics(self) -> dict[str, float]:

@@ -88,7 +88,7 @@ def effective_gates(spec: KernelMode, core: str, base: dict[str, Tensor], C: int
     base (``update``/``forget``), ``refine`` when the mode has one, the LSTM ``input``
     base otherwise, and the master bases.
     """
-    sq = spec.activation == "sst"
+    sq = spec.squared_gates
     decay = base["forget" if core == "lstm" else "update"]
     f = decay.cumsum(-1) if spec.activation == "cumax" else _plain(decay, sq)
     if spec.refine:
@@ -120,7 +120,7 @@ def effective_gates_grad(spec: KernelMode, core: str, base: dict[str, Tensor], e
     ``e`` is :func:`effective_gates`'s result; returns ``{block: dL/da_block}`` for the
     decay block, the refine/LSTM input block and the master blocks.
     """
-    sq = spec.activation == "sst"
+    sq = spec.squared_gates
     decay_name = "forget" if core == "lstm" else "update"
     grads: dict[str, Tensor] = {}
     if spec.master is not None:
@@ -203,7 +203,7 @@ class GenericImpl:
         T, B, R = gi.shape
         H = h0.shape[1]
         C = H // M if M else 1
-        sq = spec.activation == "sst"
+        sq = spec.squared_gates
         sqc = spec.squared_candidate
         sl = block_slices(spec, "gru", H, M)
         out = gi.new_empty((T, B, H))
@@ -233,7 +233,7 @@ class GenericImpl:
         T, B, H = out.shape
         R = w_hh.shape[0]
         C = H // M if M else 1
-        sq = spec.activation == "sst"
+        sq = spec.squared_gates
         sqc = spec.squared_candidate
         sl = block_slices(spec, "gru", H, M)
         d_gi = out.new_empty((T, B, R))
@@ -271,7 +271,7 @@ class GenericImpl:
         T, B, R = gi.shape
         H = h0.shape[1]
         C = H // M if M else 1
-        sq = spec.activation == "sst"
+        sq = spec.squared_gates
         sqc = spec.squared_candidate
         sl = block_slices(spec, "lstm", H, M)
         out = gi.new_empty((T, B, H))
@@ -301,7 +301,7 @@ class GenericImpl:
         T, B, H = out.shape
         R = w_hh.shape[0]
         C = H // M if M else 1
-        sq = spec.activation == "sst"
+        sq = spec.squared_gates
         sqc = spec.squared_candidate
         sl = block_slices(spec, "lstm", H, M)
         d_gi = out.new_empty((T, B, R))

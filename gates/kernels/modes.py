@@ -99,6 +99,11 @@ class KernelMode:
     description: str
 
     @property
+    def squared_gates(self) -> bool:
+        """The [0, 1] gates are sigmoid² (activation ``sst``: modes ``sst`` and ``sst_candidate``)."""
+        return self.activation == "sst"
+
+    @property
     def squared_candidate(self) -> bool:
         """The candidate is tanh·|tanh| (mode ``sst_candidate``)."""
         return self.candidate == "signed_squared_tanh"
@@ -133,7 +138,7 @@ class KernelMode:
 
     def activations(self, core: str) -> dict[str, str]:
         """The nonlinearity of every block (names in the module docstring)."""
-        plain = "sigmoid_squared" if self.activation == "sst" else "sigmoid"
+        plain = "sigmoid_squared" if self.squared_gates else "sigmoid"
         decay = {"sigmoid": "sigmoid", "sst": "sigmoid_squared", "cumax": "cumax"}[self.activation]
         cand = self.candidate
         if core == "gru":
