@@ -78,7 +78,7 @@ def pair_table(found: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for p in found:
         (bm, bh, bn), (am, ah, an), (gm, gh) = p["baseline"], p["ablated"], p["gap"]
-        lines.append(f"| {p['pair']} / {p['ablated_row']} | {p['limit']} | {grid.ci_cell(bm, bh)} | "
+        lines.append(f"| {p['pair']} / {p['ablated_row']} | {grid.markdown_cell(p['limit'])} | {grid.ci_cell(bm, bh)} | "
                      f"{grid.ci_cell(am, ah)} | {gm:+.4f}" + (f" ± {gh:.3f}" if math.isfinite(gh) else "")
                      + f" | {grid.p_cell(p['p'])} | {bn}/{an} |")
     return "\n".join(lines) + "\n"

@@ -51,4 +51,7 @@ def test_pairs_of_a_study(tmp_path):
     out = ablation_pairs.report(sdir)
     text = out["pairs_table"].read_text()
     assert "| baseline / ablated | software |" in text and "| baseline-hw / ablated-hw |" in text
+    assert r"| Σ\|W\| ≤ 0.431 |" in text  # the limit's bars escaped: the row keeps its columns
+    table_lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert len({ln.replace(r"\|", "").count("|") for ln in table_lines}) == 1
     assert out["ablation_gap"].exists() and out["ablation_gap"].stat().st_size > 1000
