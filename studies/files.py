@@ -36,7 +36,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
 
     The parent folder is created if needed. Any failure (disk full, a read-only folder,
     an exception in ``write``) leaves the previous file untouched and no temporary file;
-    an :class:`OSError` is re-raised with ``path`` as its file name.
+    an :class:`OSError` is re-raised with ``path`` as its file name, and an interrupt
+    (KeyboardInterrupt: Ctrl-C, the CLI's SIGTERM) as itself, even where the writer's own
+    clean-up raised another error over it.
     """
     path = Path(path)
     try:
@@ -51,10 +53,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None:  # Ctrl-C / SIGTERM mid-write, masked by the writer's own clean-up error
+            raise interrupt from None
         if isinstance(exc, OSError) and exc.filename is None:
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     return path
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C, or the CLI's SIGTERM) that ``exc`` was raised while handling,
+    if any: torch.save's zip writer, interrupted, raises a RuntimeError of its own over it."""
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

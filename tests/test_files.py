@@ -52,6 +52,27 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
     assert "a-file" in err.value.filename
 
 
+def test_an_interrupt_mid_write_stays_an_interrupt(tmp_path):
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt) inside torch.save makes its zip writer raise a RuntimeError
+    over it; the writer gives the interrupt back, so the CLI exits 130/143 instead of recording a failed run."""
+    path = tmp_path / "checkpoint.pt"
+    files.torch_save_atomic({"v": 1}, path)
+
+    def interrupted(fh):
+        try:
+            fh.write(b"PK partial")
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(path, interrupted)
+    import torch
+
+    assert torch.load(path, weights_only=True) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
 def test_corrupt_json_names_the_file(tmp_path):
     bad = tmp_path / "summary.json"
     bad.write_text('{"status": "fin')
